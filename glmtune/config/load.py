@@ -1,0 +1,79 @@
+"""YAML file + `a.b=c` overrides -> RunConfig. An unknown key is an error naming its dotted path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from glmtune.config.schema import RunConfig
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user (file, key path, what is wrong)."""
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`["train.lr=5e-4", "method.name=qlora"]` -> [("train.lr", 5e-4), ...]; values are YAML scalars."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw != "" else None))
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # Discriminated unions put the tag in loc ("method.lora.rank"): drop that level for the user.
+        path = path.replace("method.lora.", "method.").replace("method.qlora.", "method.")
+        for tag in ("full", "freeze", "ptuning"):
+            path = path.replace(f"method.{tag}.", "method.")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{path}'")
+        else:
+            lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or start from defaults), apply overrides, validate."""
+    tree: dict = {}
+    source = "defaults"
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded
+        source = str(path)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    if isinstance(tree.get("method"), dict):
+        tree["method"].setdefault("name", "lora")  # the default method, so `method.rank=16` alone works
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)

@@ -1,0 +1,64 @@
+"""The Method protocol and its registry: the one place a method name is matched.
+
+A method turns a loaded base model into a trainable one (`prepare`), saves only what it trained
+(`save_trained`), puts it back on a fresh base (`load_trained`), and merges it into plain weights
+where that is possible (`merge` returns None when it is not, e.g. prefix tuning).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from glmtune.config.base import Section
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+    config_cls: ClassVar[type[Section]]
+
+    def prepare(self, loaded, cfg, train_cfg) -> Any:
+        """Return the model to train (frozen / wrapped / quantised as the method requires)."""
+
+    def save_trained(self, model, out_dir: Path) -> None:
+        """Write what was trained (adapter or weights) into out_dir."""
+
+    def load_trained(self, loaded, trained_dir: Path, cfg) -> Any:
+        """Return `loaded.model` with the trained part from trained_dir applied, ready for inference."""
+
+    def merge(self, model) -> Any | None:
+        """Return a plain transformers model with the trained part folded in, or None if impossible."""
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(cls):
+    """Class decorator: `@register` on a Method class with `name` and `config_cls`."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    tag = cls.config_cls.model_fields["name"].default
+    if tag != cls.name:
+        raise ValueError(f"{cls.__name__}: config name default {tag!r} != method name {cls.name!r}")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}") from None
+
+
+def trainable_summary(model) -> dict:
+    """Count trainable vs all parameters (4-bit packed weights counted by their logical size)."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if hasattr(p, "quant_state") or p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return {"trainable": trainable, "total": total, "percent": round(100.0 * trainable / max(total, 1), 4)}

@@ -1,0 +1,84 @@
+"""LoRA (Hu et al. 2021) through PEFT, with DoRA, rsLoRA, LoRA+ and modules_to_save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from glmtune.config.base import Section
+from glmtune.methods.base import register
+
+
+class LoraConfig(Section):
+    name: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    targets: Literal["all", "attention", "mlp"] | list[str] = Field(
+        "all", description="all linear layers but the head; attention; mlp; or explicit module names."
+    )
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (Liu et al. 2024).")
+    use_rslora: bool = Field(False, description="rsLoRA scaling alpha/sqrt(r) (Kalajdzievski 2023).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: lr of B matrices = ratio × lr (Hayou et al. 2024; 16 is typical)."
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="Extra modules trained in full, e.g. lm_head.")
+
+
+def target_modules(targets, family) -> str | list[str]:
+    if targets == "all":
+        return "all-linear"
+    if targets == "attention":
+        return list(family.attention_targets)
+    if targets == "mlp":
+        return list(family.mlp_targets)
+    return list(targets)
+
+
+def peft_lora_config(cfg, family):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target_modules(cfg.targets, family),
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        modules_to_save=cfg.modules_to_save or None,
+    )
+
+
+def wrap_with_lora(model, cfg, family):
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_lora_config(cfg, family))
+
+
+def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
+
+
+@register
+class LoraMethod:
+    name: ClassVar[str] = "lora"
+    config_cls: ClassVar[type[Section]] = LoraConfig
+
+    def prepare(self, loaded, cfg, train_cfg):
+        if train_cfg.gradient_checkpointing:
+            loaded.model.enable_input_require_grads()
+        return wrap_with_lora(loaded.model, cfg, loaded.family)
+
+    def save_trained(self, model, out_dir: Path) -> None:
+        model.save_pretrained(str(out_dir))
+
+    def load_trained(self, loaded, trained_dir: Path, cfg):
+        return load_adapter(loaded.model, trained_dir)
+
+    def merge(self, model):
+        return model.merge_and_unload()

@@ -1,0 +1,96 @@
+"""Tokenizer + model from a folder (native GLM/GLM-4, remote-code ChatGLM, any causal LM).
+
+`tiny:NAME` resolves to an embedded tiny checkpoint folder first, then takes the same path as a real one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glmtune.models.families import Family, family_of
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    family: Family
+    path: Path
+
+
+def resolve_path(path: str) -> Path:
+    if path.startswith("tiny:"):
+        from glmtune.models.tiny import ensure_tiny
+
+        return ensure_tiny(path.split(":", 1)[1])
+    p = Path(path).expanduser()
+    if not (p / "config.json").exists():
+        raise FileNotFoundError(
+            f"model.path {path!r}: no config.json there. Give a downloaded checkpoint folder "
+            f"(e.g. glm-4-9b-chat-hf) or tiny:glm4 / tiny:glm; weights are never fetched from a hub."
+        )
+    return p
+
+
+def torch_dtype(name: str, precision: str = "fp32"):
+    import torch
+
+    if name == "auto":
+        # Mixed precision keeps master weights fp32; pure_bf16 loads bf16.
+        return torch.bfloat16 if precision == "pure_bf16" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if chat_template:
+        tok.chat_template = chat_template
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(
+            f"{path}: the tokenizer has no chat_template. Set model.chat_template so training and serving "
+            f"render prompts the same way."
+        )
+    return tok
+
+
+def model_type_of(path: Path) -> str | None:
+    import json
+
+    return json.loads((path / "config.json").read_text()).get("model_type")
+
+
+def load(model_cfg, precision: str = "fp32", quantization_config=None, device_map=None) -> Loaded:
+    """Load tokenizer and model described by a `ModelSection`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_path(model_cfg.path)
+    family = family_of(model_type_of(path))
+    if family.remote_code and not model_cfg.trust_remote_code:
+        raise ValueError(f"{path} is a remote-code {family.name} checkpoint: set model.trust_remote_code=true")
+    tok = load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.chat_template)
+    kwargs: dict[str, Any] = dict(
+        dtype=torch_dtype(model_cfg.dtype, precision),
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    if not family.remote_code:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return Loaded(model=model, tokenizer=tok, family=family, path=path)
+
+
+def stop_token_ids(tokenizer, family: Family) -> list[int]:
+    """Token ids that end a generated answer: the tokenizer's eos plus the family's turn-closing tokens."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in family.stop_tokens if t in vocab)
+    return sorted(ids)

@@ -1,0 +1,18 @@
+"""`serve:` section — bind address, limits, batching, auth."""
+
+from pydantic import Field
+
+from glmtune.config.base import Section
+
+
+class ServeSection(Section):
+    host: str = Field("127.0.0.1", description="Bind address (127.0.0.1 unless you mean to expose it).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    api_key: str | None = Field(None, description="If set, requests need 'Authorization: Bearer <key>'.")
+    max_batch_size: int = Field(16, ge=1, description="Requests decoded together by the batching engine.")
+    max_queue: int = Field(64, ge=1, description="Waiting requests beyond this get HTTP 429.")
+    max_new_tokens: int = Field(512, ge=1, description="Upper bound on max_tokens per request.")
+    max_prompt_tokens: int = Field(8192, ge=1, description="Longer prompts get HTTP 400.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Requests running longer are cut (finish_reason=timeout).")
+    adapters: dict[str, str] = Field(default_factory=dict, description="Named LoRA adapters: {name: run or adapter folder}.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none by default).")

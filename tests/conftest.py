@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny models built once per machine (cached), one thread per process."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_glm4():
+    from glmtune.models.tiny import ensure_tiny
+
+    return ensure_tiny("glm4")
+
+
+@pytest.fixture(scope="session")
+def tiny_glm():
+    from glmtune.models.tiny import ensure_tiny
+
+    return ensure_tiny("glm")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from glmtune.models.tiny import ensure_tiny
+
+    return ensure_tiny("llama")
+
+
+@pytest.fixture(params=["glm4", "glm"])
+def tiny_glm_any(request):
+    from glmtune.models.tiny import ensure_tiny
+
+    return ensure_tiny(request.param)
