@@ -16,6 +16,11 @@ from glmtune.config.base import Section
 class Method(Protocol):
     name: ClassVar[str]
     config_cls: ClassVar[type[Section]]
+    artifact: ClassVar[str]  # run-folder subfolder holding what was trained: "adapter" or "model"
+    freezes_base: ClassVar[bool]  # True when base weights stay frozen (they may then be loaded in half precision)
+
+    def quantization(self, cfg, train_cfg) -> Any | None:
+        """A transformers quantization config for loading the base, or None."""
 
     def prepare(self, loaded, cfg, train_cfg) -> Any:
         """Return the model to train (frozen / wrapped / quantised as the method requires)."""

@@ -68,6 +68,11 @@ def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", traina
 class LoraMethod:
     name: ClassVar[str] = "lora"
     config_cls: ClassVar[type[Section]] = LoraConfig
+    artifact: ClassVar[str] = "adapter"
+    freezes_base: ClassVar[bool] = True
+
+    def quantization(self, cfg, train_cfg):
+        return None
 
     def prepare(self, loaded, cfg, train_cfg):
         if train_cfg.gradient_checkpointing:

@@ -1,0 +1,82 @@
+"""`glmtune data check FILE...` and `glmtune data stats [CONFIG]` — validate and measure data.
+
+    glmtune data check train.jsonl            # every bad record as file:line: field: message; exit 1 if any
+    glmtune data stats configs/tiny_demo.yaml # token lengths with the model's real chat template
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from glmtune.config.cli import add_config_args
+
+HELP = "Check data files (file:line errors) or report token-length statistics with the real template."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    c = sub.add_parser("check", help="validate records; list every problem; exit 1 if any")
+    c.add_argument("files", nargs="+")
+    c.add_argument("--format", default="auto", help="auto|messages|conversations|sharegpt|alpaca|columns")
+    c.add_argument("--prompt-column", default=None)
+    c.add_argument("--response-column", default=None)
+    c.add_argument("--history-column", default=None)
+    s = sub.add_parser("stats", help="token-length percentiles (prompt vs supervised) for the configured data")
+    add_config_args(s)
+    s.add_argument("--oral-modes", action="store_true", help="also compare raw vs evidence oral prompts")
+
+
+def _check(args) -> int:
+    from glmtune.config.schema import ColumnMap
+    from glmtune.data.formats import read_file
+
+    cm = ColumnMap(**{k: v for k, v in dict(prompt=args.prompt_column, response=args.response_column,
+                                            history=args.history_column).items() if v})
+    bad = 0
+    for f in args.files:
+        convs, issues = read_file(f, args.format, cm)
+        for issue in issues:
+            print(issue)
+        bad += len(issues)
+        print(f"{f}: {len(convs)} good record(s), {len(issues)} problem(s)")
+    return 1 if bad else 0
+
+
+def _stats(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from glmtune.config.cli import config_from_args
+    from glmtune.data.dataset import load_conversations
+    from glmtune.data.render import Renderer
+    from glmtune.data.stats import compute_stats, summarize, truncation_preview
+    from glmtune.models.families import family_of
+    from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
+
+    cfg = config_from_args(args)
+    path = resolve_path(cfg.model.path)
+    tok = load_tokenizer(path, cfg.model.trust_remote_code, cfg.model.chat_template)
+    renderer = Renderer(tok, stop_token_ids(tok, family_of(model_type_of(path))), cfg.data.loss_on)
+    convs, issues = load_conversations(cfg.data, "train")
+    st = compute_stats(convs, renderer)
+    table = Table(title=f"token lengths with {path.name}'s chat template ({st.n} samples, {len(issues)} bad skipped)")
+    for col in ("", "p50", "p90", "p99", "max", "mean"):
+        table.add_column(col, justify="right")
+    for name, vals in (("total", st.total), ("prompt", st.prompt), ("supervised", st.supervised)):
+        s = summarize(vals)
+        table.add_row(name, *(str(s[k]) for k in ("p50", "p90", "p99", "max", "mean")))
+    console = Console()
+    console.print(table)
+    tp = truncation_preview(st, cfg.data.cutoff_len)
+    console.print(f"cutoff_len {tp['cutoff_len']}: {tp['samples_over']} samples over ({tp['share_over']:.1%}), "
+                  f"holding {tp['supervised_tokens_in_over']} supervised tokens; template overhead "
+                  f"{st.template_overhead} tokens")
+    if args.oral_modes:
+        from glmtune.tasks.oral_reading.demo_data import token_budget_report
+
+        console.print(token_budget_report(tok))
+    return 0
+
+
+def run(args) -> int:
+    return _check(args) if args.action == "check" else _stats(args)

@@ -1,0 +1,176 @@
+"""Conversation -> (input_ids, labels) with the tokenizer's own chat template.
+
+Labels supervise assistant turns only (-100 elsewhere). Spans are found by rendering prefixes with
+the same template serving uses: an assistant turn k covers
+`render(messages[:k], add_generation_prompt=True)` .. `render(messages[:k+1])`. GLM-4 closes a turn with
+the *next* role token (or nothing at the end), so the token that ends each supervised turn is
+supervised too (the next `<|user|>`, or an appended `<|endoftext|>` after the last turn): the model
+learns to stop (PEERS.md gap 1; the "never stops under vLLM" bug, GLM-4#297).
+
+>>> # Worked example with GLM-4's template (ids shown as tokens):
+>>> # [gMASK] <sop> <|user|> \\n 你好 <|assistant|> | \\n 好 <|endoftext|>
+>>> # labels:  -100 ...                       -100 | \\n 好 <|endoftext|>
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glmtune.data.formats import Conversation, Source
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    source: Source
+    truncated: bool = False
+    turns_lost: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+@dataclass
+class Skip:
+    """One dropped or truncated sample, for the run's skip report."""
+
+    source: str
+    kind: str  # "dropped" | "truncated" | "bad_record"
+    reason: str
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    turns_lost: int = 0
+    supervised_lost: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if not isinstance(out, list):  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    return list(out)
+
+
+@dataclass
+class Renderer:
+    """Renders conversations for one tokenizer; `stop_ids` are the tokens that end an answer."""
+
+    tokenizer: object
+    stop_ids: list[int]
+    loss_on: str = "all_assistant"
+    _prefix_checked: bool = field(default=False, repr=False)
+
+    def render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+        full = chat_ids(self.tokenizer, messages)
+        labels = [IGNORE] * len(full)
+        assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if self.loss_on == "last_turn":
+            assistant = assistant[-1:]
+        stops = set(self.stop_ids)
+        close_at_end = False
+        for k in assistant:
+            start = len(chat_ids(self.tokenizer, messages[:k], add_generation_prompt=True))
+            through = full if k == len(messages) - 1 else chat_ids(self.tokenizer, messages[: k + 1])
+            end = len(through)
+            if full[:end] != through or start > end:
+                raise TemplateError(
+                    "the chat template is not prefix-stable (rendering a conversation's first turns does not give "
+                    "a prefix of the whole): answers cannot be located. Set model.chat_template to a template "
+                    "that renders turns independently."
+                )
+            labels[start:end] = full[start:end]
+            if not stops.intersection(full[max(start, end - 2):end]):
+                # The template did not close the turn itself: supervise the token that closes it.
+                if end < len(full):
+                    labels[end] = full[end]
+                else:
+                    close_at_end = True
+        if messages[-1]["role"] == "assistant" and not stops.intersection(full[-2:]):
+            full = full + [self.stop_ids[0]]
+            labels = labels + ([self.stop_ids[0]] if close_at_end else [IGNORE])
+        return full, labels
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Ids of a generation prompt (history ending with a user turn)."""
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+
+
+def _shorten_middle(tokenizer, text: str, drop_tokens: int) -> str:
+    """Cut `drop_tokens` tokens out of the middle of `text` (both ends often carry instructions)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    keep = max(len(ids) - drop_tokens, 0)
+    head, tail = ids[: (keep + 1) // 2], ids[len(ids) - keep // 2:] if keep // 2 else []
+    return tokenizer.decode(head) + "…" + tokenizer.decode(tail)
+
+
+def render_with_policy(conv: Conversation, r: Renderer, cutoff: int, policy: str) -> tuple[Example | None, Skip | None]:
+    """Render one conversation under the over-length policy (drop | truncate | error-as-skip).
+
+    `truncate` never cuts template or stop tokens: it re-renders a shorter conversation, first dropping the
+    oldest user/assistant pairs, then cutting the middle of the longest prompt-side message, and only as a
+    last resort the end of the final answer (its closing token is still appended and supervised).
+    """
+    ids, labels = r.render(conv.messages)
+    n0 = len(ids)
+    if n0 <= cutoff:
+        return Example(ids, labels, conv.source), None
+    sup0 = sum(1 for x in labels if x != IGNORE)
+    if policy != "truncate":
+        kind = "dropped" if policy == "drop" else "too_long"
+        return None, Skip(str(conv.source), kind, f"{n0} tokens > cutoff_len {cutoff}", n0, None, 0, sup0)
+
+    msgs = [dict(m) for m in conv.messages]
+    turns_lost = 0
+    sys_off = 1 if msgs[0]["role"] == "system" else 0
+    # 1) oldest turns first, keeping at least the final user/assistant pair.
+    while len(ids) > cutoff and len(msgs) - sys_off > 2:
+        nxt = next(i for i in range(sys_off + 1, len(msgs)) if msgs[i]["role"] == "user") if any(
+            m["role"] == "user" for m in msgs[sys_off + 1:]) else None
+        if nxt is None:
+            break
+        msgs = msgs[:sys_off] + msgs[nxt:]
+        turns_lost += 1
+        ids, labels = r.render(msgs)
+    # 2) cut the middle of the longest prompt-side message, re-rendering until it fits.
+    for _ in range(6):
+        if len(ids) <= cutoff:
+            break
+        prompt_side = [i for i, m in enumerate(msgs[:-1]) if m["role"] != "assistant"]
+        if not prompt_side:
+            break
+        i = max(prompt_side, key=lambda j: len(msgs[j]["content"]))
+        n_content = len(r.tokenizer.encode(msgs[i]["content"], add_special_tokens=False))
+        if n_content <= 8:
+            break
+        msgs[i]["content"] = _shorten_middle(r.tokenizer, msgs[i]["content"], min(len(ids) - cutoff + 2, n_content - 4))
+        ids, labels = r.render(msgs)
+    # 3) last resort: shorten the final answer itself.
+    for _ in range(4):
+        if len(ids) <= cutoff:
+            break
+        ans = msgs[-1]["content"]
+        a_ids = r.tokenizer.encode(ans, add_special_tokens=False)
+        keep = len(a_ids) - (len(ids) - cutoff) - 1
+        if keep < 1:
+            break
+        msgs[-1]["content"] = r.tokenizer.decode(a_ids[:keep])
+        ids, labels = r.render(msgs)
+    if len(ids) > cutoff:
+        return None, Skip(str(conv.source), "dropped", f"cannot fit cutoff_len {cutoff} even after truncation "
+                          f"({len(ids)} tokens left)", n0, None, turns_lost, sup0)
+    sup = sum(1 for x in labels if x != IGNORE)
+    skip = Skip(str(conv.source), "truncated", f"{n0} tokens > cutoff_len {cutoff}", n0, len(ids), turns_lost, sup0 - sup)
+    return Example(ids, labels, conv.source, truncated=True, turns_lost=turns_lost), skip

@@ -1,0 +1,134 @@
+"""Inference engine over a transformers model: batched generation and token streaming.
+
+CLI chat, web chat, predictions, eval and the HTTP API all talk to an engine, never to the model.
+`from_run` puts a run's trained part (adapter or weights) on its base; `from_model_dir` loads a plain or
+exported folder (or `tiny:glm4`). Prompts are rendered with the tokenizer's own chat template, the
+same one training used; generation stops on the family's turn-closing tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+class HFEngine:
+    def __init__(self, model, tokenizer, family, name: str = "model"):
+        import torch
+
+        from glmtune.models.load import stop_token_ids
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.family = family
+        self.name = name
+        self.stop_ids = stop_token_ids(tokenizer, family)
+        self.device = next(model.parameters()).device
+        self.lock = threading.Lock()  # one generate() at a time on this model; the batching engine batches
+        self._torch = torch
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_model_dir(cls, path: str, trust_remote_code: bool = False, dtype: str = "auto", name: str | None = None):
+        from glmtune.config.schema import ModelSection
+        from glmtune.models.load import load
+
+        loaded = load(ModelSection(path=str(path), trust_remote_code=trust_remote_code, dtype=dtype))
+        return cls(loaded.model, loaded.tokenizer, loaded.family, name or Path(str(path)).name)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, name: str | None = None):
+        """Base model + what the run trained (read from run_dir/method.json and config.yaml)."""
+        from glmtune.config.load import load_config
+        from glmtune.config.schema import ModelSection
+        from glmtune.methods import get
+        from glmtune.models.load import load
+
+        run_dir = Path(run_dir)
+        meta_path = run_dir / "method.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{run_dir} is not a finished run folder (no method.json); train first")
+        meta = json.loads(meta_path.read_text())
+        cfg = load_config(run_dir / "config.yaml")
+        method = get(meta["method"])
+        loaded = load(ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
+                                   dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation),
+                      cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32")
+        model = method.load_trained(loaded, run_dir / meta["artifact"], cfg.method)
+        return cls(model, loaded.tokenizer, loaded.family, name or run_dir.name)
+
+    # ---- prompts --------------------------------------------------------------------------------
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        from glmtune.data.render import chat_ids
+
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+        kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+        if temperature and temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    # ---- generation -----------------------------------------------------------------------------
+    def generate(self, batch: list[list[dict]], max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0) -> list[Completion]:
+        """Answer several prompts at once (left-padded static batch)."""
+        torch = self._torch
+        prompts = [self.prompt_ids(m) for m in batch]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        with self.lock, torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask,
+                                      **self._gen_kwargs(max_new_tokens, temperature, top_p))
+        results = []
+        for i, p in enumerate(prompts):
+            new = out[i, width:].tolist()
+            stop_at = next((j for j, t in enumerate(new) if t in self.stop_ids), None)
+            if stop_at is not None:
+                new, reason = new[:stop_at], "stop"
+            else:
+                reason = "length" if len(new) >= max_new_tokens else "stop"
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            results.append(Completion(text.strip(), len(p), len(new) + (1 if reason == "stop" else 0), reason))
+        return results
+
+    def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0) -> Iterator[str]:
+        """Yield text pieces as they are generated."""
+        from transformers import TextIteratorStreamer
+
+        torch = self._torch
+        ids = torch.tensor([self.prompt_ids(messages)], device=self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                      **self._gen_kwargs(max_new_tokens, temperature, top_p))
+
+        def work():
+            with self.lock, torch.inference_mode():
+                self.model.generate(**kwargs)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        first = True
+        for piece in streamer:
+            if first:
+                piece = piece.lstrip("\n")  # GLM answers start with the newline after <|assistant|>
+                first = False
+            if piece:
+                yield piece
+        thread.join()

@@ -1,0 +1,67 @@
+"""Trainer callbacks: metrics JSONL, loss-curve PNG, and a completion marker on each checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+COMPLETE = "GLMTUNE_COMPLETE"
+
+
+class MetricsJsonl(TrainerCallback):
+    """Append every log entry (loss, lr, grad norm, eval loss, tokens) to metrics.jsonl; rank 0 only."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
+
+
+def plot_loss(metrics_path: Path, out_png: Path) -> Path | None:
+    """Training (and eval) loss vs step, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Checkpoints whose save finished (marker present), oldest first."""
+    if not ckpt_root.exists():
+        return []
+    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / COMPLETE).exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[-1]))

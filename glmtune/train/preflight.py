@@ -1,0 +1,28 @@
+"""Run `glmtune.plan` checks before training: print warnings, stop on a fatal finding (plan.strict)."""
+
+from __future__ import annotations
+
+
+class PreflightError(RuntimeError):
+    pass
+
+
+def run_preflight(cfg, data, loaded, quiet: bool = False) -> list:
+    import importlib.util
+
+    if importlib.util.find_spec("glmtune.plan.preflight") is None:  # plan is being written (issue 7)
+        return []
+    from glmtune.data.stats import compute_stats
+    from glmtune.plan.facts import facts_for_loaded
+    from glmtune.plan.preflight import preflight
+
+    stats = compute_stats(data.train_conversations + data.val_conversations, data.renderer)
+    findings = preflight(cfg, stats, facts_for_loaded(loaded))
+    fatal = [f for f in findings if f.level == "fatal"]
+    if not quiet:
+        for f in findings:
+            print(f"[plan:{f.level}] {f.code}: {f.message}", flush=True)
+    if fatal and cfg.plan.strict:
+        raise PreflightError("training stopped by the pre-flight check (set plan.strict=false to override):\n  "
+                             + "\n  ".join(f.message for f in fatal))
+    return findings

@@ -1,0 +1,273 @@
+"""RunConfig + method -> transformers.Trainer -> run folder.
+
+The run folder is the contract with later stages:
+    config.yaml  method.json  summary.json  data_report.json  skips.jsonl  metrics.jsonl
+    tokenizer/   adapter/ (or model/)   checkpoints/checkpoint-N/   plots/loss.png   tb/
+Every file is written atomically; checkpoints get a completion marker and resume uses only complete ones,
+so a crash or Ctrl-C loses at most the steps since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from glmtune.utils.io import atomic_dir, atomic_write_json, atomic_write_text, write_jsonl
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+
+
+def mixed_half(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def check_precision(precision: str) -> None:
+    import torch
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.precision=fp16 needs a CUDA GPU (fp16 autocast is not supported for training on "
+                         "CPU); use bf16 or fp32 on this machine")
+    if precision in ("bf16", "pure_bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.precision={precision}: this GPU has no bf16 support; use fp16 or fp32")
+
+
+def load_for_training(cfg):
+    """Tokenizer + base model loaded the way the method needs (dtype, quantisation)."""
+    from glmtune.methods import get
+    from glmtune.models.load import load
+
+    method = get(cfg.method.name)
+    model_cfg = cfg.model
+    half = mixed_half(cfg.train.precision)
+    if model_cfg.dtype == "auto" and half is not None and method.freezes_base:
+        # Frozen base weights can live in half precision; trainable ones are upcast to fp32 below.
+        model_cfg = model_cfg.model_copy(update={"dtype": "bfloat16" if cfg.train.precision == "bf16" else "float16"})
+    return method, load(model_cfg, cfg.train.precision, quantization_config=method.quantization(cfg.method, cfg.train))
+
+
+def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
+    """The one place our TrainSection becomes HF TrainingArguments."""
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    kwargs = dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
+        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
+        weight_decay=t.weight_decay,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        report_to=["tensorboard"],
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_alpha,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+    if t.max_grad_norm == 0:
+        kwargs["max_grad_norm"] = 0.0
+    if t.eval_steps:
+        kwargs.update(eval_strategy="steps", eval_steps=t.eval_steps)
+        if t.early_stopping_patience:
+            kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+                          save_steps=t.eval_steps)
+    if cfg.distributed.backend == "deepspeed" and world > 1:
+        from glmtune.train.launch import deepspeed_config
+
+        kwargs["deepspeed"] = deepspeed_config(cfg)
+    if cfg.distributed.backend == "fsdp" and world > 1:
+        from glmtune.train.launch import fsdp_kwargs
+
+        kwargs.update(fsdp_kwargs(cfg))
+    kwargs.update(t.hf_extra)
+    return TrainingArguments(**kwargs)
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    from glmtune.train.callbacks import COMPLETE
+    from glmtune.train.loss import causal_lm_loss_sum, plain_loss_sum
+
+    class GlmTrainer(Trainer):
+        """HF Trainer with the supervised-only chunked loss and checkpoint completion markers."""
+
+        loss_is_scaled_for_ga = True  # we divide by the tokens of the whole accumulated batch ourselves
+        loss_chunk: int = 1024
+        whole_forward: bool = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.whole_forward:
+                loss_sum, n = plain_loss_sum(model, inputs)
+            else:
+                loss_sum, n = causal_lm_loss_sum(model, inputs, self.loss_chunk)
+            if num_items_in_batch is None or not model.training:
+                loss = loss_sum / max(n, 1)
+            else:
+                loss = loss_sum / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            import torch
+
+            with torch.no_grad():
+                loss = self.compute_loss(model, inputs)
+            return loss.detach(), None, None
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+                atomic_write_text(ckpt / COMPLETE, json.dumps({"step": self.state.global_step, "time": time.time()}))
+
+    return GlmTrainer
+
+
+def resolve_resume(cfg, out: Path) -> str | None:
+    from glmtune.train.callbacks import complete_checkpoints
+
+    r = cfg.train.resume
+    if r == "never":
+        return None
+    if r == "auto":
+        done = complete_checkpoints(out / "checkpoints")
+        return str(done[-1]) if done else None
+    if not Path(r).exists():
+        raise FileNotFoundError(f"train.resume: checkpoint {r} not found")
+    return r
+
+
+def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
+    """Run one training job described by `cfg`; returns the run folder and its summary."""
+    import torch
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from glmtune.config.load import dump_config
+    from glmtune.data.collate import ExampleDataset, PadCollator
+    from glmtune.data.dataset import prepare
+    from glmtune.methods import trainable_summary
+    from glmtune.models.load import stop_token_ids
+    from glmtune.train.callbacks import MetricsJsonl, plot_loss
+    from glmtune.train.preflight import run_preflight
+
+    check_precision(cfg.train.precision)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    out = Path(cfg.train.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+    set_seed(cfg.train.seed)
+    method, loaded = load_for_training(cfg)
+    tok = loaded.tokenizer
+    data = prepare(cfg, tok, stop_token_ids(tok, loaded.family))
+    for line in data.report.lines():
+        _say(line, quiet, rank)
+    run_preflight(cfg, data, loaded, quiet=quiet or rank != 0)
+
+    model = method.prepare(loaded, cfg.method, cfg.train)
+    if mixed_half(cfg.train.precision) is not None:
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()  # mixed precision: trainable master weights stay fp32
+    summary_params = trainable_summary(model)
+    _say(f"method {cfg.method.name}: {summary_params['trainable']:,} trainable of {summary_params['total']:,} "
+         f"parameters ({summary_params['percent']}%)", quiet, rank)
+
+    args = training_arguments(cfg, out, len(data.train), world)
+    Trainer = make_trainer_class()
+    cbs = [MetricsJsonl(out / "metrics.jsonl"), *callbacks]
+    if cfg.train.early_stopping_patience:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    # transformers 5 reads the TensorBoard folder from the environment only.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ExampleDataset(data.train),
+        eval_dataset=ExampleDataset(data.val) if (data.val and cfg.train.eval_steps) else None,
+        data_collator=PadCollator(tok.pad_token_id),
+        processing_class=tok,
+        callbacks=cbs,
+    )
+    trainer.loss_chunk = cfg.train.loss_chunk_size
+    trainer.whole_forward = cfg.train.loss_chunk_size == 0 or loaded.family.remote_code
+    resume = resolve_resume(cfg, out)
+    if resume:
+        _say(f"resuming from {resume}", quiet, rank)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - t0
+
+    final_eval = trainer.evaluate() if (data.val and cfg.train.eval_steps) else {}
+    if not trainer.is_world_process_zero():
+        return RunResult(out, {})
+    with atomic_dir(out / method.artifact) as staging:
+        method.save_trained(trainer.model, staging)
+    with atomic_dir(out / "tokenizer") as staging:
+        tok.save_pretrained(staging)
+    atomic_write_json(out / "method.json", {
+        "method": cfg.method.name, "artifact": method.artifact, "base": str(loaded.path),
+        "family": loaded.family.name, "trust_remote_code": cfg.model.trust_remote_code,
+    })
+    write_jsonl(out / "skips.jsonl", [s.as_dict() for s in data.report.skips])
+    atomic_write_json(out / "data_report.json", {**data.report.summary(), "train": len(data.train),
+                                                 "validation": len(data.val), "test": len(data.test)})
+    hist = [r for r in trainer.state.log_history if "loss" in r]
+    tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    summary = {
+        "method": cfg.method.name,
+        "params": summary_params,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0, 3),
+        "loss_first": hist[0]["loss"] if hist else None,
+        "loss_last": hist[-1]["loss"] if hist else None,
+        "train_loss": result.training_loss,
+        "eval_loss": final_eval.get("eval_loss"),
+        "wall_s": round(wall, 2),
+        "tokens_seen": tokens_seen,
+        "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 and tokens_seen else None,
+        "world_size": world,
+        "effective_batch": cfg.train.batch_size * cfg.train.grad_accum * world,
+        "resumed_from": resume,
+        "data": data.report.summary(),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    plot_loss(out / "metrics.jsonl", out / "plots" / "loss.png")
+    return RunResult(out, summary)
+
+
+def _say(msg: str, quiet: bool, rank: int = 0) -> None:
+    if not quiet and rank == 0:
+        print(msg, flush=True)
+
