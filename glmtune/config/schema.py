@@ -98,6 +98,10 @@ class TrainSection(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise alpha.")
     group_by_length: bool = Field(True, description="Batch samples of similar length to cut padding.")
+    packing: bool = Field(
+        False, description="Pack each micro-batch's samples into rows of up to data.cutoff_len tokens; position ids "
+        "restart per sample so attention stays within each sample (no cross-sample leakage)."
+    )
     loss_chunk_size: int = Field(
         1024, ge=0, description="Compute LM-head + loss in chunks of this many supervised tokens (0 = plain loss)."
     )

@@ -72,10 +72,27 @@ def _stats(args) -> int:
                   f"holding {tp['supervised_tokens_in_over']} supervised tokens; template overhead "
                   f"{st.template_overhead} tokens")
     if args.oral_modes:
-        from glmtune.tasks.oral_reading.demo_data import token_budget_report
-
-        console.print(token_budget_report(tok))
+        console.print(_oral_budget_table(tok))
     return 0
+
+
+def _oral_budget_table(tok, n: int = 240):
+    """Token lengths of the bundled oral set in `raw` (the user's format) vs `evidence` prompts."""
+    from rich.table import Table
+
+    from glmtune.tasks.oral_reading.build import build_sample
+    from glmtune.tasks.oral_reading.demo_data import demo_items, token_budget
+
+    items = demo_items(n, 0)
+    b = token_budget(tok, [build_sample(i, "raw", "rubric") for i in items],
+                     [build_sample(i, "evidence", "rubric") for i in items])
+    table = Table(title=f"oral prompts, {n} samples: raw vs evidence (tokens, {tok.name_or_path.split('/')[-1]})")
+    for col in ("mode", "p50", "p90", "max"):
+        table.add_column(col, justify="right")
+    for mode in ("raw", "evidence"):
+        table.add_row(mode, *(str(b[mode][k]) for k in ("p50", "p90", "max")))
+    table.caption = f"raw / evidence at p50: {b['ratio_p50']}×"
+    return table
 
 
 def run(args) -> int:

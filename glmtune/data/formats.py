@@ -117,9 +117,9 @@ def _check_turns(msgs: list[dict], src: Source, issues: list[DataIssue]) -> None
     expect_user = True
     for i, m in enumerate(msgs):
         fld = m.get("_field", f"messages[{i}]")
-        if not isinstance(m["content"], str):
+        is_text = isinstance(m["content"], str)
+        if not is_text:
             issues.append(DataIssue(src, fld, f"content must be a string, got {type(m['content']).__name__}"))
-            continue
         role = m["role"]
         if role == "system":
             if i != 0:
@@ -128,7 +128,7 @@ def _check_turns(msgs: list[dict], src: Source, issues: list[DataIssue]) -> None
         if role == "assistant":
             if expect_user:
                 issues.append(DataIssue(src, fld, "wrong turn order: assistant turn without a user turn before it"))
-            if not m["content"].strip():
+            if is_text and not m["content"].strip():
                 issues.append(DataIssue(src, fld, "empty assistant turn"))
             expect_user = True
         else:  # user / observation

@@ -108,12 +108,15 @@ class Renderer:
         return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
 
 
-def _shorten_middle(tokenizer, text: str, drop_tokens: int) -> str:
-    """Cut `drop_tokens` tokens out of the middle of `text` (both ends often carry instructions)."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    keep = max(len(ids) - drop_tokens, 0)
-    head, tail = ids[: (keep + 1) // 2], ids[len(ids) - keep // 2:] if keep // 2 else []
-    return tokenizer.decode(head) + "…" + tokenizer.decode(tail)
+def _shorten_middle(text: str, drop_chars: int) -> str:
+    """Cut `drop_chars` characters out of the middle of `text` (both ends often carry instructions).
+
+    Cuts whole characters, never bytes, so no broken UTF-8 reaches the tokenizer.
+    >>> _shorten_middle("abcdefghij", 4)
+    'abc…hij'
+    """
+    keep = max(len(text) - drop_chars, 0)
+    return text[: (keep + 1) // 2] + "…" + (text[len(text) - keep // 2:] if keep // 2 else "")
 
 
 def render_with_policy(conv: Conversation, r: Renderer, cutoff: int, policy: str) -> tuple[Example | None, Skip | None]:
@@ -145,28 +148,32 @@ def render_with_policy(conv: Conversation, r: Renderer, cutoff: int, policy: str
         turns_lost += 1
         ids, labels = r.render(msgs)
     # 2) cut the middle of the longest prompt-side message, re-rendering until it fits.
-    for _ in range(6):
+    for _ in range(12):
         if len(ids) <= cutoff:
             break
         prompt_side = [i for i, m in enumerate(msgs[:-1]) if m["role"] != "assistant"]
         if not prompt_side:
             break
         i = max(prompt_side, key=lambda j: len(msgs[j]["content"]))
-        n_content = len(r.tokenizer.encode(msgs[i]["content"], add_special_tokens=False))
-        if n_content <= 8:
+        text = msgs[i]["content"]
+        n_content = len(r.tokenizer.encode(text, add_special_tokens=False))
+        if len(text) <= 2 or n_content == 0:
             break
-        msgs[i]["content"] = _shorten_middle(r.tokenizer, msgs[i]["content"], min(len(ids) - cutoff + 2, n_content - 4))
+        # Characters to cut, from this message's own chars-per-token ratio, plus a small margin.
+        excess = len(ids) - cutoff
+        drop = min(len(text) - 1, int(excess * len(text) / n_content) + 2)
+        msgs[i]["content"] = _shorten_middle(text, drop)
         ids, labels = r.render(msgs)
-    # 3) last resort: shorten the final answer itself.
-    for _ in range(4):
+    # 3) last resort: shorten the final answer itself (whole characters; its closing token stays).
+    for _ in range(8):
         if len(ids) <= cutoff:
             break
         ans = msgs[-1]["content"]
-        a_ids = r.tokenizer.encode(ans, add_special_tokens=False)
-        keep = len(a_ids) - (len(ids) - cutoff) - 1
+        n_ans = len(r.tokenizer.encode(ans, add_special_tokens=False))
+        keep = len(ans) - int((len(ids) - cutoff) * len(ans) / max(n_ans, 1)) - 1
         if keep < 1:
             break
-        msgs[-1]["content"] = r.tokenizer.decode(a_ids[:keep])
+        msgs[-1]["content"] = ans[:keep]
         ids, labels = r.render(msgs)
     if len(ids) > cutoff:
         return None, Skip(str(conv.source), "dropped", f"cannot fit cutoff_len {cutoff} even after truncation "

@@ -1,4 +1,8 @@
-"""`eval:` section — how predictions are generated and scored."""
+"""`eval:` section — how predictions are generated and scored.
+
+Metric definitions are versioned in code (`glmtune-text-1`, `glmtune-fields-1`, see metrics.py /
+fields.py) rather than configurable, so two reports with the same spec are always comparable.
+"""
 
 from typing import Literal
 
@@ -9,7 +13,7 @@ from glmtune.config.base import Section
 
 class EvalSection(Section):
     max_new_tokens: int = Field(128, ge=1, description="Tokens generated per answer.")
-    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together (requests in flight for an endpoint).")
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding (reproducible).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling when temperature > 0.")
     metrics: list[Literal["text", "fields", "oral"]] = Field(
@@ -19,3 +23,19 @@ class EvalSection(Section):
         "oral", description="Structured-answer spec for 'fields' metrics: 'oral' or a YAML file path."
     )
     forgetting: bool = Field(False, description="Run the bundled general-ability set on base and tuned models.")
+    forgetting_set: str | None = Field(
+        None, description="JSONL of {id, prompt, accept} for the forgetting check; empty = the bundled 30 prompts."
+    )
+    forgetting_max_new_tokens: int = Field(64, ge=1, description="Tokens generated per forgetting-check answer.")
+    out_dir: str | None = Field(
+        None, description="Report folder; empty = <run>/eval for a run, else eval/<model name>."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key (keys stay out of configs)."
+    )
+    request_timeout: float = Field(600.0, gt=0, description="Seconds to wait for one endpoint request.")
+    during_training_every: int = Field(
+        0, ge=0, description="Generate on validation prompts every N training steps and log format validity "
+        "and field exact match (0 = off)."
+    )
+    during_training_samples: int = Field(8, ge=1, description="Validation conversations generated each time.")

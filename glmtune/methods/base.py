@@ -22,6 +22,12 @@ class Method(Protocol):
     def quantization(self, cfg, train_cfg) -> Any | None:
         """A transformers quantization config for loading the base, or None."""
 
+    def config_overrides(self, cfg, family) -> dict:
+        """Model-config values to set before the base is built (e.g. ChatGLM's `pre_seq_len`); {} for none."""
+
+    def param_groups(self, model, cfg, train_cfg) -> list[dict] | None:
+        """Optimizer param groups (each with its own lr / weight_decay), or None for the Trainer's default."""
+
     def prepare(self, loaded, cfg, train_cfg) -> Any:
         """Return the model to train (frozen / wrapped / quantised as the method requires)."""
 
@@ -32,7 +38,10 @@ class Method(Protocol):
         """Return `loaded.model` with the trained part from trained_dir applied, ready for inference."""
 
     def merge(self, model) -> Any | None:
-        """Return a plain transformers model with the trained part folded in, or None if impossible."""
+        """Return a plain transformers model with the trained part folded in, or None if impossible
+        (then `merge_unsupported_reason` says why, for the export stage to print)."""
+
+    merge_unsupported_reason: ClassVar[str | None]  # None when `merge` works
 
 
 REGISTRY: dict[str, Method] = {}
@@ -54,6 +63,18 @@ def get(name: str) -> Method:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}") from None
+
+
+def decay_groups(model, lr: float, weight_decay: float, lr_of=lambda name: None) -> list[dict]:
+    """Trainable params split into AdamW groups: matrices decay, biases/norms (1-D) do not, as HF Trainer does.
+    `lr_of(name)` may give a parameter its own learning rate (LoRA+); params are grouped by (lr, decay)."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = (lr_of(name) or lr, weight_decay if p.ndim >= 2 else 0.0)
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "lr": k[0], "weight_decay": k[1]} for k, ps in sorted(groups.items())]
 
 
 def trainable_summary(model) -> dict:

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from glmtune.config.base import Section
-from glmtune.methods.base import register
+from glmtune.methods.base import decay_groups, register
 
 
 class LoraConfig(Section):
@@ -52,10 +52,25 @@ def peft_lora_config(cfg, family):
     )
 
 
-def wrap_with_lora(model, cfg, family):
+def wrap_with_lora(model, cfg, family, precision: str = "fp32"):
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_lora_config(cfg, family))
+    # PEFT upcasts bf16/fp16 adapters to fp32 by default (mixed precision); pure_bf16 means bf16 adapters too.
+    return get_peft_model(model, peft_lora_config(cfg, family), autocast_adapter_dtype=precision != "pure_bf16")
+
+
+def loraplus_groups(model, cfg, train_cfg) -> list[dict] | None:
+    """LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models"): the B matrices
+    learn `loraplus_lr_ratio` times faster than A, which the paper shows is the efficient choice for
+    wide models. Mirrors peft.optimizers.create_loraplus_optimizer, but returns groups for our Trainer."""
+    if cfg.loraplus_lr_ratio is None:
+        return None
+    ratio = cfg.loraplus_lr_ratio
+
+    def lr_of(name: str):
+        return train_cfg.lr * ratio if ("lora_B" in name or "lora_embedding_B" in name) else None
+
+    return decay_groups(model, train_cfg.lr, train_cfg.weight_decay, lr_of)
 
 
 def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", trainable: bool = False):
@@ -71,13 +86,21 @@ class LoraMethod:
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
 
+    merge_unsupported_reason: ClassVar[str | None] = None
+
     def quantization(self, cfg, train_cfg):
         return None
+
+    def config_overrides(self, cfg, family) -> dict:
+        return {}
+
+    def param_groups(self, model, cfg, train_cfg):
+        return loraplus_groups(model, cfg, train_cfg)
 
     def prepare(self, loaded, cfg, train_cfg):
         if train_cfg.gradient_checkpointing:
             loaded.model.enable_input_require_grads()
-        return wrap_with_lora(loaded.model, cfg, loaded.family)
+        return wrap_with_lora(loaded.model, cfg, loaded.family, train_cfg.precision)
 
     def save_trained(self, model, out_dir: Path) -> None:
         model.save_pretrained(str(out_dir))

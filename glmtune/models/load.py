@@ -65,8 +65,10 @@ def model_type_of(path: Path) -> str | None:
     return json.loads((path / "config.json").read_text()).get("model_type")
 
 
-def load(model_cfg, precision: str = "fp32", quantization_config=None, device_map=None) -> Loaded:
-    """Load tokenizer and model described by a `ModelSection`."""
+def load(model_cfg, precision: str = "fp32", quantization_config=None, device_map=None,
+         config_overrides: dict | None = None) -> Loaded:
+    """Load tokenizer and model described by a `ModelSection`; `config_overrides` set model-config values
+    before the model is built (a method's load-time hook, e.g. ChatGLM's `pre_seq_len`)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_path(model_cfg.path)
@@ -84,6 +86,7 @@ def load(model_cfg, precision: str = "fp32", quantization_config=None, device_ma
         kwargs["quantization_config"] = quantization_config
     if device_map is not None:
         kwargs["device_map"] = device_map
+    kwargs.update(config_overrides or {})  # from_pretrained applies unknown kwargs to the config
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return Loaded(model=model, tokenizer=tok, family=family, path=path)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 COMPLETE = "GLMTUNE_COMPLETE"
 
@@ -65,3 +66,13 @@ def complete_checkpoints(ckpt_root: Path) -> list[Path]:
         return []
     done = [p for p in ckpt_root.glob("checkpoint-*") if (p / COMPLETE).exists()]
     return sorted(done, key=lambda p: int(p.name.split("-")[-1]))
+
+
+class QuietProgress(ProgressCallback):
+    """The usual progress bar, with loss and lr in its postfix instead of a printed dict per step."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: logs[k] for k in ("loss", "eval_loss", "learning_rate") if k in logs}
+            if shown:
+                self.training_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)

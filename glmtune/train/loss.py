@@ -65,6 +65,12 @@ def can_split_head(model) -> bool:
         and isinstance(lm.get_output_embeddings(), torch.nn.Linear)
 
 
+def _attention_inputs(batch: dict) -> dict:
+    """attention_mask (padded batches) and/or position_ids (packed rows: restarting ids, no mask, so that
+    transformers builds a block-diagonal causal mask, see PackedCollator)."""
+    return {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+
+
 def causal_lm_loss_sum(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
     """(sum of token CE, number of supervised tokens) for one micro-batch."""
     labels = batch["labels"]
@@ -72,12 +78,12 @@ def causal_lm_loss_sum(model, batch: dict, chunk: int) -> tuple[torch.Tensor, in
     if chunk > 0 and can_split_head(model):
         lm = _causal_lm(model)
         decoder = getattr(lm, lm.base_model_prefix)
-        out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        out = decoder(input_ids=batch["input_ids"], use_cache=False, **_attention_inputs(batch))
         hidden = out.last_hidden_state[pos[:, 0], pos[:, 1]]
         return chunked_head_loss(hidden, lm.get_output_embeddings(), target, chunk), int(target.numel())
     # Whole-forward path: only the positions any sample supervises get logits.
     keep = torch.unique(pos[:, 1]) if pos.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False)
+    out = model(input_ids=batch["input_ids"], logits_to_keep=keep, use_cache=False, **_attention_inputs(batch))
     logits = out.logits  # (B, len(keep), V)
     col = torch.searchsorted(keep, pos[:, 1])
     sel = logits[pos[:, 0], col].float()
@@ -86,7 +92,7 @@ def causal_lm_loss_sum(model, batch: dict, chunk: int) -> tuple[torch.Tensor, in
 
 def plain_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Reference: full logits for every position (what most trainers do). Used by benchmarks and tests."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    out = model(input_ids=batch["input_ids"], use_cache=False, **_attention_inputs(batch))
     logits = out.logits[:, :-1].float()
     tgt = batch["labels"][:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE,

@@ -44,15 +44,18 @@ def check_precision(precision: str) -> None:
 def load_for_training(cfg):
     """Tokenizer + base model loaded the way the method needs (dtype, quantisation)."""
     from glmtune.methods import get
-    from glmtune.models.load import load
+    from glmtune.models.families import family_of
+    from glmtune.models.load import load, model_type_of, resolve_path
 
     method = get(cfg.method.name)
+    family = family_of(model_type_of(resolve_path(cfg.model.path)))
     model_cfg = cfg.model
     half = mixed_half(cfg.train.precision)
     if model_cfg.dtype == "auto" and half is not None and method.freezes_base:
         # Frozen base weights can live in half precision; trainable ones are upcast to fp32 below.
         model_cfg = model_cfg.model_copy(update={"dtype": "bfloat16" if cfg.train.precision == "bf16" else "float16"})
-    return method, load(model_cfg, cfg.train.precision, quantization_config=method.quantization(cfg.method, cfg.train))
+    return method, load(model_cfg, cfg.train.precision, quantization_config=method.quantization(cfg.method, cfg.train),
+                        config_overrides=method.config_overrides(cfg.method, family))
 
 
 def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
@@ -99,14 +102,10 @@ def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
         if t.early_stopping_patience:
             kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
                           save_steps=t.eval_steps)
-    if cfg.distributed.backend == "deepspeed" and world > 1:
-        from glmtune.train.launch import deepspeed_config
+    if world > 1:
+        from glmtune.train.launch import engine_kwargs
 
-        kwargs["deepspeed"] = deepspeed_config(cfg)
-    if cfg.distributed.backend == "fsdp" and world > 1:
-        from glmtune.train.launch import fsdp_kwargs
-
-        kwargs.update(fsdp_kwargs(cfg))
+        kwargs.update(engine_kwargs(cfg, world))  # gloo on CPU; DeepSpeed JSON or FSDP settings
     kwargs.update(t.hf_extra)
     return TrainingArguments(**kwargs)
 
@@ -123,6 +122,15 @@ def make_trainer_class():
         loss_is_scaled_for_ga = True  # we divide by the tokens of the whole accumulated batch ourselves
         loss_chunk: int = 1024
         whole_forward: bool = False
+        param_groups: list[dict] | None = None  # from Method.param_groups (e.g. LoRA+); None = HF default
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None and self.param_groups:
+                # HF picks the optimizer class and its betas/eps from TrainingArguments; the method's groups
+                # carry their own lr / weight_decay, and the scheduler scales each group's lr alike.
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model if model is None else model)
+                self.optimizer = cls(self.param_groups, **kwargs)
+            return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.whole_forward:
@@ -173,11 +181,14 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
     from transformers import EarlyStoppingCallback, set_seed
 
     from glmtune.config.load import dump_config
-    from glmtune.data.collate import ExampleDataset, PadCollator
+    from glmtune.data.collate import ExampleDataset, PackedCollator, PadCollator
     from glmtune.data.dataset import prepare
     from glmtune.methods import trainable_summary
     from glmtune.models.load import stop_token_ids
-    from glmtune.train.callbacks import MetricsJsonl, plot_loss
+    from transformers.trainer_callback import ProgressCallback
+
+    from glmtune.train.callbacks import MetricsJsonl, QuietProgress, plot_loss
+    from glmtune.train.launch import agree_on_resume, check_resume, full_parameters
     from glmtune.train.preflight import run_preflight
 
     check_precision(cfg.train.precision)
@@ -216,13 +227,19 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
         args=args,
         train_dataset=ExampleDataset(data.train),
         eval_dataset=ExampleDataset(data.val) if (data.val and cfg.train.eval_steps) else None,
-        data_collator=PadCollator(tok.pad_token_id),
+        data_collator=PackedCollator(tok.pad_token_id, cfg.data.cutoff_len) if cfg.train.packing
+        else PadCollator(tok.pad_token_id),
         processing_class=tok,
         callbacks=cbs,
     )
-    trainer.loss_chunk = cfg.train.loss_chunk_size
+    trainer.param_groups = method.param_groups(model, cfg.method, cfg.train)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
+    # Many processes: DDP/FSDP sync gradients and ZeRO-3 gathers weights through the wrapper's forward, which
+    # the split decoder + chunked-head path bypasses; chunk 0 = logits_to_keep through the wrapper.
+    trainer.loss_chunk = cfg.train.loss_chunk_size if world == 1 else 0
     trainer.whole_forward = cfg.train.loss_chunk_size == 0 or loaded.family.remote_code
-    resume = resolve_resume(cfg, out)
+    resume = check_resume(agree_on_resume(resolve_resume(cfg, out)), cfg, world)
     if resume:
         _say(f"resuming from {resume}", quiet, rank)
     t0 = time.time()
@@ -230,10 +247,12 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
     wall = time.time() - t0
 
     final_eval = trainer.evaluate() if (data.val and cfg.train.eval_steps) else {}
+    with full_parameters(trainer):  # every rank enters: ZeRO-3 gathers its shards here
+        if trainer.is_world_process_zero():
+            with atomic_dir(out / method.artifact) as staging:
+                method.save_trained(trainer.model, staging)
     if not trainer.is_world_process_zero():
         return RunResult(out, {})
-    with atomic_dir(out / method.artifact) as staging:
-        method.save_trained(trainer.model, staging)
     with atomic_dir(out / "tokenizer") as staging:
         tok.save_pretrained(staging)
     atomic_write_json(out / "method.json", {

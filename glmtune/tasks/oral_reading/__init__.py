@@ -1,1 +1,6 @@
+"""Oral-reading scoring recipe (ORAL_SCORING.md): iFlytek ISE results → rubric metrics → SFT data → scores.
 
+Modules: records (typed model + ParseWarning), parse_compact / parse_xml (parsers), rubric (metric
+engine), pinyin_ref + synth + serialize (synthetic ISE data), prompts + answer + build (dataset),
+demo_data (the demo's dataset API), zhipu (export/validation), score (task scorer), cli (`glmtune oral`).
+"""

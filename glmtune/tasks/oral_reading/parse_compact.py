@@ -6,7 +6,8 @@
 - legacy6 (the upstream 978-row set): `key:{beg,end,dp,mono_tone,is_yun,perr}` with phone rows only,
   usually after a leading ISE score block; initial+final pairs become synthetic syllables (§3 row 11).
 
-The format is decided per document: legacy6 when no body has ≥ 9 values and most have 6-8.
+The format is decided per document: legacy6 when no row has rec_node_type (paper/sil/fil) as its
+5th value and some row has 6-8 values.
 Every repair is a typed `ParseWarning` (see records.WARNING_KINDS); `parse_compact(s).warnings`.
 """
 
@@ -149,8 +150,10 @@ def parse_compact(text: str, passage: str | None = None) -> IseRecord:
         rec.warn("score_block", f"leading score block skipped: {rec.ise_scores}")
 
     bodies = list(_split_bodies(text))
-    sizes = [len(t) for _, k, t in bodies if k]
-    legacy = bool(sizes) and max(sizes) < 9 and sum(6 <= s <= 8 for s in sizes) * 2 > len(sizes)
+    # compact9 rows carry rec_node_type (paper/sil/fil) as 5th value; legacy6 rows never do.
+    keyed = [t for _, k, t in bodies if k]
+    compact_votes = sum(len(t) >= 5 and t[4].strip().lower() in ("paper", "sil", "fil") for t in keyed)
+    legacy = compact_votes == 0 and any(6 <= len(t) <= 8 for t in keyed)
     rec.source_format = "legacy6" if legacy else "compact9"
     names = FIELDS6 if legacy else FIELDS9
     rows = _Rows(rec)

@@ -44,7 +44,9 @@ def _span(el: ET.Element, rec: IseRecord) -> tuple[int | None, int | None]:
 
 
 def parse_xml(xml: str | bytes, passage: str | None = None) -> IseRecord:
-    root = ET.fromstring(xml.encode("utf-8") if isinstance(xml, str) else xml)
+    if isinstance(xml, bytes):
+        xml = xml.decode("utf-8-sig")
+    root = ET.fromstring(xml.lstrip("\ufeff \t\r\n").encode("utf-8"))  # a declaration must come first
     rec = IseRecord(source_format="xml")
     top = None
     for paper in root.iter("rec_paper"):

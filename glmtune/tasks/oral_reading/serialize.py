@@ -21,7 +21,7 @@ def _v(x, float_ints: bool) -> str:
     return f"{x}.0" if float_ints and isinstance(x, int) else str(x)
 
 
-def _row(key: str, beg, end, symbol, node_type, dp, is_yun, perr, level, float_ints: bool, int_pos=True) -> str:
+def _row(key: str, beg, end, symbol, node_type, dp, is_yun, perr, level, float_ints: bool) -> str:
     tl = end - beg if beg is not None and end is not None else None
     pos = [_v(x, False) for x in (beg, end)]
     vals = [pos[0], pos[1], symbol or "null", _v(tl, False), node_type,

@@ -1,0 +1,177 @@
+"""`export_run(run_dir, cfg)`: a run folder -> a plain Hugging Face model folder that transformers and
+vLLM load as-is, written atomically and verified against the run's adapter model.
+
+Three ways, chosen from what the run folder holds (never from the method's name, which only the
+registry matches):
+  * a LoRA/DoRA adapter PEFT-compatible with streaming  -> stream the merge shard by shard (merge.py);
+    QLoRA adapters take this path too: they merge into the full-precision base checkpoint on disk,
+    which is how a QLoRA model is deployed (a 4-bit base cannot hold the delta exactly);
+  * full weights (`model/` with safetensors, from full/freeze) -> stream-copy them, casting the dtype;
+  * anything else -> load base + trained part, ask the method to `merge()`; a method that cannot
+    (e.g. a learned prefix) stops here with the reason and what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from glmtune.export.merge import ExportError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                   "vocab.txt")
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    report: dict
+    verify: dict | None
+
+
+def _dtype(name: str, source_config: dict):
+    import torch
+
+    if name == "auto":
+        name = source_config.get("dtype") or source_config.get("torch_dtype") or "float32"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name], name
+
+
+def _check_device(device: str):
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError(f"export.device={device!r} but no CUDA device is visible; use export.device=cpu")
+    return dev
+
+
+def _copy_support_files(run_dir: Path, base_dir: Path, source_dir: Path, out: Path, dtype_name: str, stop_ids) -> None:
+    """config.json (with the export dtype), generation_config.json, tokenizer + chat template, remote code.
+
+    The tokenizer comes from the run's `tokenizer/` (what training rendered with) and is copied byte
+    for byte, so the chat template survives (PEERS.md pain 5: LF#5986, GLM-4#607).
+    """
+    config = json.loads((source_dir / "config.json").read_text())
+    config["dtype"] = dtype_name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype_name
+    config.pop("quantization_config", None)  # the exported weights are plain tensors
+    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    gen = base_dir / "generation_config.json"
+    if gen.exists():
+        shutil.copy2(gen, out / gen.name)
+    else:  # without it, vLLM and plain generate() would not stop at GLM's <|user|>
+        (out / gen.name).write_text(json.dumps({"eos_token_id": list(stop_ids)}, indent=2) + "\n")
+    tok_dir = run_dir / "tokenizer" if (run_dir / "tokenizer" / "tokenizer_config.json").exists() else base_dir
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).exists():
+            shutil.copy2(tok_dir / name, out / name)
+    for py in base_dir.glob("*.py"):  # remote-code checkpoints (ChatGLM) need their modelling/tokenizer code
+        shutil.copy2(py, out / py.name)
+
+
+def _readable(folder: Path) -> None:
+    """Temp files are created 0600/0700; a model folder is meant to be read by other users (vLLM, docker)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~mask)
+
+
+def _in_memory_merge(run_dir: Path, meta: dict, out: Path, max_bytes: int, torch_dtype) -> dict:
+    from glmtune.serve.engine import HFEngine
+    from glmtune.methods import get
+
+    engine = HFEngine.from_run(run_dir)
+    merged = get(meta["method"]).merge(engine.model)
+    if merged is None:
+        raise ExportError(
+            f"method {meta['method']!r} cannot be merged into the base: it does not change base weights "
+            f"(it learns e.g. a prefix), so there is nothing to fold in. Use the run directly: "
+            f"`glmtune serve --run {run_dir}` or `glmtune chat --run {run_dir}`."
+        )
+    merged = merged.to(torch_dtype)
+    merged.save_pretrained(str(out), max_shard_size=max_bytes, safe_serialization=True)
+    return {"mode": "in_memory", "note": "whole model held in memory (this method cannot be streamed)"}
+
+
+def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None, log=print) -> ExportResult:
+    """Merge, shard, write atomically, verify. Raises ExportError (nothing left that looks complete)."""
+    from glmtune.export.config import ExportSection
+    from glmtune.export.merge import adapter_config, read_lora, stream_merge, streaming_unsupported
+    from glmtune.export.shards import ShardWriter, parse_size
+    from glmtune.models.families import family_of
+    from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
+    from glmtune.utils.io import atomic_dir, atomic_write_json
+
+    cfg = cfg or ExportSection()
+    run_dir = Path(run_dir)
+    if not (run_dir / "method.json").exists():
+        raise ExportError(f"{run_dir} is not a finished run folder (no method.json); train first")
+    meta = json.loads((run_dir / "method.json").read_text())
+    base_dir = resolve_path(meta["base"])
+    artifact = run_dir / meta["artifact"]
+    out = Path(out_dir or cfg.output_dir or run_dir / "export")
+    max_bytes = parse_size(cfg.size)
+    device = _check_device(cfg.device)
+    full_weights = (artifact / "config.json").exists() and any(artifact.glob("*.safetensors"))
+    source_dir = artifact if full_weights else base_dir
+    torch_dtype, dtype_name = _dtype(cfg.dtype, json.loads((source_dir / "config.json").read_text()))
+    tok = load_tokenizer(run_dir / "tokenizer" if (run_dir / "tokenizer").exists() else base_dir,
+                         meta.get("trust_remote_code", False))
+    stop_ids = stop_token_ids(tok, family_of(model_type_of(base_dir)))
+
+    t0 = time.perf_counter()
+    report: dict = {"run": str(run_dir), "method": meta["method"], "base": str(base_dir), "dtype": dtype_name,
+                    "device": str(device), "max_shard_bytes": max_bytes}
+    with atomic_dir(out) as staging:
+        acfg = adapter_config(artifact)
+        why = streaming_unsupported(acfg) if acfg else ("full weights" if full_weights else "no adapter")
+        if full_weights or why is None:
+            deltas, replacements = ({}, {}) if full_weights else read_lora(artifact)
+            writer = ShardWriter(staging, max_bytes)
+            log(f"export: streaming {'copy' if full_weights else 'merge'} of {source_dir} -> {out} "
+                f"({dtype_name}, shards <= {cfg.size}, on {device})")
+            stats = stream_merge(source_dir, writer, torch_dtype, str(device), deltas, replacements)
+            index = writer.close()
+            report.update(mode="streaming_copy" if full_weights else "streaming_merge", **stats,
+                          dora=bool(acfg.get("use_dora")), shards=len(writer.files),
+                          total_bytes=index["metadata"]["total_size"], oversized_tensors=writer.oversized,
+                          max_buffered_bytes=writer.max_buffered_bytes)
+            if writer.oversized:
+                log(f"export: {len(writer.oversized)} tensor(s) exceed {cfg.size} and got a shard of their own: "
+                    f"{writer.oversized[:3]}")
+        else:
+            log(f"export: cannot stream ({why}); merging in memory with PEFT")
+            report.update(_in_memory_merge(run_dir, meta, staging, max_bytes, torch_dtype), reason=why)
+        _copy_support_files(run_dir, base_dir, source_dir, staging, dtype_name, stop_ids)
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        atomic_write_json(staging / "export.json", report)
+        _readable(staging)
+        verify = None
+        if cfg.verify:
+            from glmtune.export.verify import verify_export
+
+            verify = verify_export(run_dir, staging, cfg.tolerance, dtype_name, str(device))
+            atomic_write_json(staging / "verify.json", verify)
+            _readable(staging)
+            if not verify["passed"]:
+                failed = out.with_name(out.name + ".verify-failed.json")
+                atomic_write_json(failed, verify)
+                raise ExportError(
+                    f"export verification failed: max |Δlogit| {verify['max_abs_diff']:.3g} > tolerance "
+                    f"{verify['tolerance']:.3g}, or the exported tokenizer renders prompts differently "
+                    f"(details in {failed}). Nothing was written to {out}."
+                )
+    log(f"export: wrote {out} in {report['seconds']} s"
+        + (f"; verified: max |Δlogit| {verify['max_abs_diff']:.2e} <= {verify['tolerance']:.1e}" if verify else ""))
+    return ExportResult(out, report, verify)
+

@@ -1,0 +1,87 @@
+"""Full fine-tuning: every weight trains; the run folder's `model/` is a complete checkpoint.
+
+Memory: weights + grads + two AdamW moments = 16 bytes per parameter in fp32 (about 150 GB for a 9B
+model), so on GLM-4-9B this needs ZeRO-3/FSDP sharding or `train.precision=pure_bf16` (8 bytes per
+parameter). `glmtune plan` prints the estimate before training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from glmtune.config.base import Section
+from glmtune.methods.base import register
+
+
+class FullConfig(Section):
+    name: Literal["full"] = "full"
+
+
+def copy_tensors(model, tensors: dict, source: str) -> set[str]:
+    """Copy named tensors into `model` in place (cast to each parameter's dtype); returns the names copied."""
+    import torch
+
+    params = dict(model.named_parameters())
+    params.update(dict(model.named_buffers()))
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if name not in params:
+                raise KeyError(f"{source}: tensor {name!r} has no counterpart in {type(model).__name__}")
+            params[name].copy_(tensor.to(params[name].dtype))
+    return set(tensors)
+
+
+def load_weights_into_partial(model, file: Path) -> set[str]:
+    from safetensors.torch import load_file
+
+    return copy_tensors(model, load_file(str(file)), Path(file).name)
+
+
+def load_weights_into(model, folder: Path) -> None:
+    """Copy the tensors of every `*.safetensors` file in `folder` into `model`; every parameter must be filled."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors weights to load")
+    seen: set[str] = set()
+    for f in files:
+        seen |= load_weights_into_partial(model, f)
+    params = dict(model.named_parameters())
+    # Tied weights (lm_head = embed_tokens) are saved once; they were filled through their twin.
+    ptrs = {params[n].data_ptr() for n in seen if n in params}
+    missing = sorted(n for n, p in params.items() if n not in seen and p.data_ptr() not in ptrs)
+    if missing:
+        raise KeyError(f"{folder}: weights missing for {missing[:5]} ({len(missing)} in all)")
+
+
+@register
+class FullMethod:
+    name: ClassVar[str] = "full"
+    config_cls: ClassVar[type[Section]] = FullConfig
+    artifact: ClassVar[str] = "model"
+    freezes_base: ClassVar[bool] = False
+    merge_unsupported_reason: ClassVar[str | None] = None
+
+    def quantization(self, cfg, train_cfg):
+        return None
+
+    def config_overrides(self, cfg, family) -> dict:
+        return {}
+
+    def param_groups(self, model, cfg, train_cfg):
+        return None
+
+    def prepare(self, loaded, cfg, train_cfg):
+        for p in loaded.model.parameters():
+            p.requires_grad_(True)
+        return loaded.model
+
+    def save_trained(self, model, out_dir: Path) -> None:
+        model.save_pretrained(str(out_dir))
+
+    def load_trained(self, loaded, trained_dir: Path, cfg):
+        load_weights_into(loaded.model, trained_dir)
+        return loaded.model
+
+    def merge(self, model):
+        return model  # already plain weights

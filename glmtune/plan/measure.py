@@ -1,0 +1,167 @@
+"""Throughput and memory: a few real training steps on this machine (`glmtune plan --measure`), a
+FLOPs-based figure for a named GPU, and the CPU memory tally the estimator is tested against.
+
+Stated throughput: training FLOPs per token = 6·N for full fine-tuning (forward 2N, backward 4N;
+Kaplan et al. 2020 §2.1) + attention 12·L·s·q_dim (PaLM, Chowdhery et al. 2022, App. B); frozen-base
+methods skip the weight gradients (4·N); gradient checkpointing recomputes the forward (+2·N); QLoRA
+dequantises every matmul (~1.3× slower, Dettmers et al. 2023 report similar). Divided by the GPU's
+dense 16-bit peak × model FLOPs utilisation (MFU) 0.35 — what HF-Trainer runs of 7-9B models reach;
+`--measure` or `plan.tokens_per_second` replace the guess with a number.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+MFU = 0.35
+
+
+def flops_per_token(facts, method: str, seq: int, gradient_checkpointing: bool) -> float:
+    n = facts.param_count()
+    attn = 12 * facts.layers * seq * facts.q_dim
+    f = (6 if method == "full" else 4) * n + attn   # attention has no weights: its backward is the same
+    if gradient_checkpointing:
+        f += 2 * n + attn / 3
+    return f * (1.3 if method == "qlora" else 1.0)
+
+
+def stated_tokens_per_second(facts, method: str, gpu, seq: int, gradient_checkpointing: bool,
+                             mfu: float = MFU) -> float | None:
+    if gpu is None or not gpu.tflops:
+        return None
+    return gpu.tflops * 1e12 * mfu / flops_per_token(facts, method, seq, gradient_checkpointing)
+
+
+@dataclass
+class MeasuredMemory:
+    """Bytes alive at the peak of one optimizer step, by component (CPU-measurable)."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int          # unique storages autograd saved for backward (+ the returned logits)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def _storage_bytes(tensors) -> tuple[int, set]:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        qs = getattr(t, "quant_state", None)   # bitsandbytes 4-bit: absmax / nested constants
+        if qs is not None:
+            for x in (getattr(qs, "absmax", None), getattr(getattr(qs, "state2", None), "absmax", None),
+                      getattr(qs, "offset", None)):
+                if x is not None and hasattr(x, "untyped_storage"):
+                    seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+    return sum(seen.values()), set(seen)
+
+
+def measure_step_memory(model, batch: dict, loss_fn, lr: float = 1e-4) -> MeasuredMemory:
+    """One forward + backward + AdamW step; tallies what each component really holds.
+
+    `tracemalloc` cannot see torch's allocator, and CPU torch keeps no peak counter, so activations are
+    counted with a `saved_tensors_hooks` pack hook: every tensor autograd keeps for backward, deduplicated
+    by storage and excluding parameters — the memory that is alive between forward and backward.
+    """
+    import torch
+
+    params = list(model.parameters())
+    weights, param_ptrs = _storage_bytes(params)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in param_ptrs:
+            saved[ptr] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(model, batch)
+    activations = sum(saved.values())
+    loss.backward()
+    trainable = [p for p in params if p.requires_grad]
+    grads = sum(p.grad.untyped_storage().nbytes() for p in trainable if p.grad is not None)
+    opt = torch.optim.AdamW(trainable, lr=lr)
+    opt.step()
+    states = sum(v.untyped_storage().nbytes() for s in opt.state.values() for v in s.values()
+                 if torch.is_tensor(v) and v.dim() > 0)
+    return MeasuredMemory(weights, grads, states, activations)
+
+
+@dataclass
+class Throughput:
+    device: str
+    steps: int
+    tokens_per_second: float          # real (non-padding) tokens
+    padded_tokens_per_second: float
+    seconds_per_step: float           # per micro-batch
+    peak_bytes: int | None
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def measure_training(cfg, steps: int = 4, warmup: int = 1) -> Throughput:
+    """Run `warmup + steps` real micro-batches of glmtune's own training path (method.prepare,
+    chunked loss, AdamW) on the configured model and data; return the measured throughput."""
+    import random
+
+    import torch
+
+    from glmtune.data.collate import PadCollator
+    from glmtune.data.dataset import prepare
+    from glmtune.models.load import stop_token_ids
+    from glmtune.train.loss import causal_lm_loss_sum, plain_loss_sum
+    from glmtune.train.trainer import load_for_training, mixed_half
+
+    method, loaded = load_for_training(cfg)
+    tok = loaded.tokenizer
+    data = prepare(cfg, tok, stop_token_ids(tok, loaded.family))
+    model = method.prepare(loaded, cfg.method, cfg.train)
+    half = mixed_half(cfg.train.precision)
+    if half is not None:
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda" and getattr(loaded.model, "hf_device_map", None) is None:
+        model.to(dev)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    collate = PadCollator(tok.pad_token_id)
+    rng = random.Random(cfg.train.seed)
+    chunk = cfg.train.loss_chunk_size
+    real = padded = 0
+    elapsed = 0.0
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for k in range(warmup + steps):
+        feats = [data.train[rng.randrange(len(data.train))] for _ in range(cfg.train.batch_size)]
+        batch = {key: v.to(dev) for key, v in collate([{"input_ids": e.input_ids, "labels": e.labels}
+                                                       for e in feats]).items()}
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(dev, dtype=half, enabled=half is not None):
+            loss, n = causal_lm_loss_sum(model, batch, chunk) if chunk > 0 else plain_loss_sum(model, batch)
+        (loss / max(n, 1)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        if k >= warmup:
+            elapsed += time.perf_counter() - t0
+            real += int(batch["attention_mask"].sum())
+            padded += batch["input_ids"].numel()
+    peak = int(torch.cuda.max_memory_allocated()) if dev == "cuda" else None
+    name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return Throughput(name, steps, real / elapsed, padded / elapsed, elapsed / steps, peak,
+                      note="measured on this machine; optimizer step included, data loading not")

@@ -1,0 +1,349 @@
+"""Continuous batching on the transformers backend (PEERS.md gap 7; LLaMA-Factory serves one request
+at a time behind a semaphore, `hf_engine.py:70`).
+
+One scheduler thread owns the model. It keeps a running batch whose KV cache is left-padded to a
+common length. Between decode steps it admits waiting requests: each new prompt is prefilled alone
+(no padding, so its prefill is exactly the sequential computation), then its cache is left-padded
+and concatenated onto the running batch. Every step decodes one token for all rows together
+(position ids counted per row from the real tokens, so padding changes nothing). A row leaves on a
+stop token, its token budget, a stop string, its deadline or a cancel; its cache rows are dropped and
+all-padding columns are trimmed. Requests join in FIFO order; a batch serves one LoRA adapter at a
+time (PEFT switches adapters model-wide), and a request for another adapter waits until the running
+batch drains, without being overtaken by later requests.
+
+Assumes full-attention layers (GLM, Llama, Qwen without sliding windows).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+BASE = "__base__"  # adapter name meaning "adapters disabled"
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than `max_queue` allows (HTTP 429)."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine is shutting down (HTTP 503)."""
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    adapter: str | None = None  # a loaded PEFT adapter name, BASE, or None = whatever the model has active
+    min_tokens: int = 0  # stop tokens are suppressed before this many tokens (vLLM's `min_tokens`)
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    timeout_s: float | None = None
+    # (kind, payload): ("delta", text) ... then ("done", finish_reason) or ("error", message)
+    sink: Callable[[tuple[str, object]], None] | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    cancelled: bool = False
+    deadline: float | None = None
+    enqueued_at: float = 0.0
+
+
+class _Detok:
+    """Incremental detokenizer (the prefix/read offsets of TGI and vLLM): O(1) decode per token,
+    holds back incomplete UTF-8 and anything that may be the start of a stop string."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tok, self.stop = tokenizer, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.raw = ""  # decoded so far; `text` drops the newline GLM puts after <|assistant|> (as HFEngine.stream)
+        self.sent = 0  # characters of `text` already handed out
+
+    @property
+    def text(self) -> str:
+        return self.raw.lstrip("\n")
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (text safe to send now, hit_stop_string)."""
+        self.ids.append(token)
+        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.raw += now[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+        text = self.text
+        for s in self.stop:
+            at = text.find(s, max(0, self.sent - len(s) + 1))
+            if at >= 0:
+                self.raw = self.raw[: len(self.raw) - len(text) + at]
+                return self.flush(), True
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        return self._emit(len(text) - hold), False
+
+    def _emit(self, upto: int) -> str:
+        upto = max(upto, self.sent)
+        piece, self.sent = self.text[self.sent:upto], upto
+        return piece
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    detok: _Detok
+    n_real: int  # real tokens in this row's cache (its next position id)
+    last: int  # last sampled token, fed at the next step
+    generator: object | None = None
+
+
+class BatchingEngine:
+    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 64):
+        import torch
+
+        self.engine, self.model, self.tok = engine, engine.model, engine.tokenizer
+        self.stop_ids = set(engine.stop_ids)
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self._torch = torch
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[GenRequest] = collections.deque()
+        self._rows: list[_Row] = []
+        self._cache = None  # DynamicCache of the running batch, layers [B, heads, L, dim], left-padded
+        self._mask = None  # [B, L] 1 = real token
+        self._adapter: str | None = None
+        self._closed = False
+        self.served = self.errors = self.max_batch_seen = 0
+        self._thread = threading.Thread(target=self._loop, name="glmtune-batching", daemon=True)
+        self._thread.start()
+
+    # ---- client side ----------------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def submit(self, req: GenRequest) -> GenRequest:
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the engine is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (serve.max_queue={self.max_queue})")
+            req.enqueued_at = time.monotonic()
+            req.deadline = req.enqueued_at + req.timeout_s if req.timeout_s else None
+            self._waiting.append(req)
+            self._cv.notify()
+        return req
+
+    def cancel(self, req: GenRequest) -> None:
+        req.cancelled = True  # the scheduler drops it before its next step
+
+    def generate(self, prompt_ids: list[int], **kw) -> GenRequest:
+        """Blocking helper: submit and wait; returns the finished request (text, tokens, finish_reason)."""
+        done = threading.Event()
+        errors: list = []
+
+        def sink(ev):
+            if ev[0] == "error":
+                errors.append(ev[1])
+            if ev[0] in ("done", "error"):
+                done.set()
+
+        req = self.submit(GenRequest(prompt_ids=list(prompt_ids), sink=sink, **kw))
+        done.wait()
+        if errors:
+            raise RuntimeError(errors[0])
+        return req
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    # ---- scheduler ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting and not self._rows and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    break
+                admitted = self._admit()
+            try:
+                with self.engine.lock, self._torch.inference_mode(), self._adapter_ctx():
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode_step()
+            except Exception as err:  # never let one bad batch kill the server: fail it and go on
+                self.errors += 1
+                for row in self._rows:
+                    self._finish(row.req, error=f"{type(err).__name__}: {err}")
+                self._rows, self._cache, self._mask = [], None, None
+        for req in list(self._waiting) + [r.req for r in self._rows]:
+            self._finish(req, error="the engine is shutting down")
+
+    def _admit(self) -> list[GenRequest]:
+        now = time.monotonic()
+        out = []
+        while self._waiting and len(self._rows) + len(out) < self.max_batch_size:
+            req = self._waiting[0]
+            if req.cancelled or (req.deadline and now > req.deadline):
+                self._waiting.popleft()
+                self._finish(req, "timeout" if not req.cancelled else "cancelled")
+                continue
+            if (self._rows or out) and req.adapter != self._adapter:
+                break  # FIFO: it waits for this adapter's batch to drain, and nothing overtakes it
+            self._adapter = req.adapter
+            out.append(self._waiting.popleft())
+        return out
+
+    def _adapter_ctx(self):
+        model, name = self.model, self._adapter
+        if not hasattr(model, "peft_config") or name is None:
+            return contextlib.nullcontext()
+        if name == BASE:
+            return model.disable_adapter()
+        if model.active_adapter != name:
+            model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def _prefill(self, reqs: list[GenRequest]) -> None:
+        from transformers import DynamicCache
+
+        torch = self._torch
+        device = self.engine.device
+        new_kv, new_rows, logits = [], [], []
+        for req in reqs:
+            cache = DynamicCache()
+            ids = torch.tensor([req.prompt_ids], device=device)
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            new_kv.append([(layer.keys, layer.values) for layer in cache.layers])
+            logits.append(out.logits[:, -1].float())
+            gen = None
+            if req.temperature and req.temperature > 0:
+                gen = torch.Generator(device=device)
+                gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**31, ())))
+            new_rows.append(_Row(req, _Detok(self.tok, req.stop), len(req.prompt_ids), -1, gen))
+        self._join(new_kv, new_rows)
+        self._sample_and_emit(new_rows, torch.cat(logits))
+
+    def _kv(self) -> list[tuple]:
+        return [(layer.keys, layer.values) for layer in self._cache.layers]
+
+    def _set_kv(self, kv: list) -> None:
+        """A new cache object is built only when rows join or leave, not at every step."""
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache(ddp_cache_data=kv)
+
+    def _join(self, new_kv: list, new_rows: list[_Row]) -> None:
+        """Left-pad every cache to a common length and stack along the batch dimension."""
+        torch = self._torch
+        parts = ([(self._kv(), self._mask)] if self._rows else []) + [
+            (kv, torch.ones(1, kv[0][0].shape[2], dtype=torch.long, device=kv[0][0].device)) for kv in new_kv]
+        length = max(m.shape[1] for _, m in parts)
+
+        def lpad(t, n, dim):
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        n_layers = len(parts[0][0])
+        self._set_kv([tuple(torch.cat([lpad(kv[i][j], length - m.shape[1], 2) for kv, m in parts]) for j in (0, 1))
+                      for i in range(n_layers)])
+        self._mask = torch.cat([lpad(m, length - m.shape[1], 1) for _, m in parts])
+        self._rows = self._rows + new_rows
+        self.max_batch_seen = max(self.max_batch_seen, len(self._rows))
+
+    def _decode_step(self) -> None:
+        torch = self._torch
+        device = self.engine.device
+        ids = torch.tensor([[r.last] for r in self._rows], device=device)
+        pos = torch.tensor([[r.n_real] for r in self._rows], device=device)
+        self._mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=device)], 1)
+        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=pos, past_key_values=self._cache,
+                         use_cache=True)
+        for r in self._rows:
+            r.n_real += 1
+        self._sample_and_emit(self._rows, out.logits[:, -1].float())
+
+    def _sample_and_emit(self, rows: list[_Row], logits) -> None:
+        torch = self._torch
+        for i, r in enumerate(rows):  # before min_tokens, a stop token may not be chosen
+            if len(r.req.tokens) < r.req.min_tokens:
+                logits[i, list(self.stop_ids)] = float("-inf")
+        nxt = logits.argmax(-1).tolist()
+        for i, r in enumerate(rows):
+            if r.req.temperature and r.req.temperature > 0:
+                nxt[i] = _sample(torch, logits[i], r.req.temperature, r.req.top_p, r.generator)
+        now = time.monotonic()
+        for r, tok in zip(rows, nxt):
+            req, reason = r.req, None
+            if tok in self.stop_ids:
+                reason = "stop"
+            else:
+                req.tokens.append(tok)
+                r.last = tok
+                piece, hit = r.detok.push(tok)
+                if piece and req.sink:
+                    req.sink(("delta", piece))
+                if hit:
+                    reason = "stop"
+                elif len(req.tokens) >= req.max_new_tokens:
+                    reason = "length"
+            if reason is None and req.deadline and now > req.deadline:
+                reason = "timeout"
+            if reason is None and req.cancelled:
+                reason = "cancelled"
+            if reason:
+                req.text = r.detok.text
+                rest = r.detok.flush()
+                if rest and req.sink and reason != "cancelled":
+                    req.sink(("delta", rest))
+                self._finish(req, reason)
+        survivors = [r for r in self._rows if r.req.finish_reason is None]
+        if len(survivors) != len(self._rows):
+            self._drop(survivors)
+
+    def _drop(self, survivors: list[_Row]) -> None:
+        """Keep only `survivors` in the batch and trim columns that are padding for every row."""
+        torch = self._torch
+        if not survivors:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        idx = torch.tensor([self._rows.index(r) for r in survivors], device=self._mask.device)
+        mask = self._mask.index_select(0, idx)
+        start = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
+        self._mask = mask[:, start:]
+        self._set_kv([tuple(t.index_select(0, idx)[:, :, start:] for t in layer) for layer in self._kv()])
+        self._rows = survivors
+
+    def _finish(self, req: GenRequest, reason: str | None = None, error: str | None = None) -> None:
+        req.finish_reason = reason or "error"
+        self.served += 1
+        if req.sink:
+            req.sink(("error", error) if error else ("done", req.finish_reason))
+
+
+def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:  # nucleus sampling (Holtzman et al. 2019): keep the smallest set with mass >= top_p
+        sorted_p, order = probs.sort(descending=True)
+        cut = sorted_p.cumsum(0) - sorted_p > top_p
+        sorted_p[cut] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=generator))

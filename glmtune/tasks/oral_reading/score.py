@@ -1,0 +1,119 @@
+"""Task scorer: model answers vs labels, per dimension, with two baselines (§5-6).
+
+Per dimension: exact match, MAE, Pearson (PCC), Spearman (SCC), quadratic-weighted kappa (QWK,
+sklearn) and the 5×5 confusion matrix (rows = label 1..5, columns = prediction 1..5). Also the
+format-validity rate (`answer.parse_answer`: six integer fields in order).
+Invalid answers count as misses in `exact`; correlation-type statistics use the valid pairs only.
+Undefined statistics (constant inputs, fewer than 2 pairs) are None, never NaN, never a crash.
+Baselines on the same items: `rubric` (the engine's bands, from the reference records' `rubric`
+key) and `constant` (the modal label of each dimension).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+from glmtune.tasks.oral_reading.answer import parse_answer
+from glmtune.tasks.oral_reading.rubric import DIMENSIONS
+
+SCALE = (1, 2, 3, 4, 5)
+
+
+def _clean(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
+
+
+def dimension_stats(y_true: list[int], y_pred: list[int | None]) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    pairs = [(t, p) for t, p in zip(y_true, y_pred) if p is not None]
+    n = len(y_true)
+    out = {"n": n, "n_valid": len(pairs), "exact": _clean(sum(t == p for t, p in pairs) / n) if n else None}
+    t, p = [a for a, _ in pairs], [b for _, b in pairs]
+    out["mae"] = _clean(sum(abs(a - b) for a, b in pairs) / len(pairs)) if pairs else None
+    varied = len(pairs) >= 2 and len(set(t)) > 1 and len(set(p)) > 1
+    out["pearson"] = _clean(pearsonr(t, p).statistic) if varied else None
+    out["spearman"] = _clean(spearmanr(t, p).statistic) if varied else None
+    if len(pairs) >= 2 and (len(set(t)) > 1 or len(set(p)) > 1):
+        out["qwk"] = _clean(cohen_kappa_score(t, p, weights="quadratic", labels=list(SCALE)))
+    else:
+        out["qwk"] = None  # kappa is 0/0 when both sides use a single category
+    idx = {v: i for i, v in enumerate(SCALE)}
+    cm = [[0] * len(SCALE) for _ in SCALE]
+    for a, b in pairs:
+        if a in idx and b in idx:
+            cm[idx[a]][idx[b]] += 1
+    out["confusion"] = cm
+    return out
+
+
+def score_answers(answers: list[str | None], labels: list[dict[str, int]],
+                  rubric: list[dict[str, int]] | None = None) -> dict:
+    parsed = [parse_answer(a) if a is not None else (None, None, "no prediction") for a in answers]
+    valid = [p[0] for p in parsed]
+    report: dict = {
+        "n": len(labels),
+        "format_valid_rate": _clean(sum(v is not None for v in valid) / len(labels)) if labels else None,
+        "invalid_examples": [p[2] for p in parsed if p[0] is None][:10],
+        "dimensions": {},
+        "baselines": {"constant": {}, "rubric": {}},
+    }
+    for d in DIMENSIONS:
+        y = [lab[d] for lab in labels]
+        report["dimensions"][d] = dimension_stats(y, [v[d] if v else None for v in valid])
+        mode = Counter(y).most_common(1)[0][0] if y else None
+        report["baselines"]["constant"][d] = dimension_stats(y, [mode] * len(y))
+        report["baselines"]["constant"][d]["value"] = mode
+        if rubric is not None:
+            report["baselines"]["rubric"][d] = dimension_stats(y, [r.get(d) if r else None for r in rubric])
+    if rubric is None:
+        report["baselines"].pop("rubric")
+    return report
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
+
+
+def _prediction_text(obj: dict) -> str | None:
+    for k in ("prediction", "predict", "output", "response", "answer", "generated"):
+        if isinstance(obj.get(k), str):
+            return obj[k]
+    msgs = obj.get("messages")
+    if isinstance(msgs, list) and msgs and msgs[-1].get("role") == "assistant":
+        return msgs[-1].get("content")
+    return None
+
+
+def _reference(obj: dict) -> tuple[dict[str, int] | None, dict[str, int] | None]:
+    from glmtune.tasks.oral_reading.build import _labels_from
+
+    labels, _ = _labels_from(obj)
+    if labels is None:
+        msgs = obj.get("messages") or []
+        if msgs and msgs[-1].get("role") == "assistant":
+            labels, _, _ = parse_answer(msgs[-1]["content"])
+    return labels, obj.get("rubric")
+
+
+def score_files(pred_path: Path, ref_path: Path) -> dict:
+    """Join predictions and references by `id` (else by line order) and score them."""
+    preds, refs = _read_jsonl(pred_path), _read_jsonl(ref_path)
+    by_id = {str(p["id"]): p for p in preds if "id" in p}
+    answers, labels, rubric, unlabeled = [], [], [], 0
+    for i, ref in enumerate(refs):
+        lab, rub = _reference(ref)
+        if lab is None or any(d not in lab for d in DIMENSIONS):
+            unlabeled += 1
+            continue
+        pred = by_id.get(str(ref.get("id"))) if by_id else (preds[i] if i < len(preds) else None)
+        answers.append(_prediction_text(pred) if pred else None)
+        labels.append(lab)
+        rubric.append(rub)
+    report = score_answers(answers, labels, rubric if all(r is not None for r in rubric) and rubric else None)
+    report["unlabeled_refs"] = unlabeled
+    return report
