@@ -14,6 +14,7 @@ learns to stop (PEERS.md gap 1; the "never stops under vLLM" bug, GLM-4#297).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from glmtune.data.formats import Conversation, Source
@@ -71,9 +72,17 @@ class Renderer:
     tokenizer: object
     stop_ids: list[int]
     loss_on: str = "all_assistant"
-    _prefix_checked: bool = field(default=False, repr=False)
+    # Full renders are reused by stats/pre-flight after dataset preparation (same messages, same result).
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+        key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = self._render(messages)
+        ids, labels = self._cache[key]
+        return list(ids), list(labels)
+
+    def _render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         full = chat_ids(self.tokenizer, messages)
         labels = [IGNORE] * len(full)
         assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]

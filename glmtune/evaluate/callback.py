@@ -116,7 +116,10 @@ class GenerationEvalCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return control
         if self.trainer is not None:
+            # Trainer.log's handler clears control.should_log; keep the loss log due at this step.
+            due = control.should_log
             self.trainer.log(dict(logs))
+            control.should_log = due
         else:
             state.log_history.append({**logs, "step": state.global_step})
             self._pending = logs

@@ -23,6 +23,22 @@ class Completion:
     finish_reason: str  # "stop" | "length"
 
 
+class TemplateMismatch(ValueError):
+    pass
+
+
+def check_template(tokenizer, meta: dict, run_dir: Path) -> None:
+    """Train/serve template drift makes models ramble or never stop (PEERS.md row 9): refuse it."""
+    from glmtune.train.trainer import template_hash
+
+    want = meta.get("chat_template_sha256")
+    if want and template_hash(tokenizer) != want:
+        raise TemplateMismatch(
+            f"{run_dir} was trained with a different chat template than {meta['base']} has now "
+            f"(sha256 {want[:12]} vs {template_hash(tokenizer)[:12]}). Serve with the run's tokenizer "
+            f"({run_dir / 'tokenizer'}) or retrain.")
+
+
 class HFEngine:
     def __init__(self, model, tokenizer, family, name: str = "model"):
         import torch
@@ -65,6 +81,7 @@ class HFEngine:
         loaded = load(ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
                                    dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation),
                       cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32")
+        check_template(loaded.tokenizer, meta, run_dir)
         model = method.load_trained(loaded, run_dir / meta["artifact"], cfg.method)
         return cls(model, loaded.tokenizer, loaded.family, name or run_dir.name)
 

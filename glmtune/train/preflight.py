@@ -8,16 +8,13 @@ class PreflightError(RuntimeError):
 
 
 def run_preflight(cfg, data, loaded, quiet: bool = False) -> list:
-    import importlib.util
-
-    if importlib.util.find_spec("glmtune.plan.preflight") is None:  # plan is being written (issue 7)
-        return []
     from glmtune.data.stats import compute_stats
     from glmtune.plan.facts import facts_for_loaded
     from glmtune.plan.preflight import preflight
 
     stats = compute_stats(data.train_conversations + data.val_conversations, data.renderer)
-    findings = preflight(cfg, stats, facts_for_loaded(loaded))
+    split = (len(data.train_conversations), len(data.val_conversations))
+    findings = preflight(cfg, stats, facts_for_loaded(loaded), split=split)
     fatal = [f for f in findings if f.level == "fatal"]
     if not quiet:
         for f in findings:

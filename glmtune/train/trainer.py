@@ -258,6 +258,7 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
     atomic_write_json(out / "method.json", {
         "method": cfg.method.name, "artifact": method.artifact, "base": str(loaded.path),
         "family": loaded.family.name, "trust_remote_code": cfg.model.trust_remote_code,
+        "chat_template_sha256": template_hash(tok),
     })
     write_jsonl(out / "skips.jsonl", [s.as_dict() for s in data.report.skips])
     atomic_write_json(out / "data_report.json", {**data.report.summary(), "train": len(data.train),
@@ -284,6 +285,13 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
     atomic_write_json(out / "summary.json", summary)
     plot_loss(out / "metrics.jsonl", out / "plots" / "loss.png")
     return RunResult(out, summary)
+
+
+def template_hash(tokenizer) -> str:
+    """Fingerprint of the chat template a run was trained with; serving refuses a different one."""
+    import hashlib
+
+    return hashlib.sha256((tokenizer.chat_template or "").encode("utf-8")).hexdigest()
 
 
 def _say(msg: str, quiet: bool, rank: int = 0) -> None:
