@@ -55,11 +55,18 @@ def run(args) -> int:
         convs, issues = read_file(path)
         console.print(f"{split}: {path} — {len(convs)} good records, {len(issues)} problems")
 
-    console.rule("2. train (LoRA on tiny GLM-4)")
+    console.rule("2. plan (before any training step)")
+    from glmtune.plan.report import build_plan, print_plan, write_plan
+
+    plan = build_plan(cfg)
+    print_plan(plan, console)
+    write_plan(plan, Path(cfg.train.output_dir) / "plan")
+
+    console.rule("3. train (LoRA on tiny GLM-4)")
     result = train(cfg)
     run_dir, s = result.run_dir, result.summary
 
-    console.rule("3. predict on the held-out split")
+    console.rule("4. predict on the held-out split")
     test_rows = [json.loads(x) for x in Path(files["test"]).read_text("utf-8").splitlines() if x.strip()]
     convs, _ = read_file(files["test"])
     items, _ = items_from_conversations(convs)
@@ -70,7 +77,7 @@ def run(args) -> int:
     rep_tuned = score_answers(tuned, labels, rubric=labels)
     rep_base = score_answers(base, labels)
 
-    console.rule("4. report")
+    console.rule("5. report")
     d = s["data"]
     console.print(f"samples: {d['samples_used']} used of {d['samples_seen']}; {d['dropped_overlength']} dropped, "
                   f"{d['truncated']} truncated, {d['bad_records_skipped']} bad records skipped")
