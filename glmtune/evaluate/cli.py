@@ -6,7 +6,7 @@
     glmtune eval compare runs/a/eval runs/b/eval eval/api --out eval/compare
 
 The output folder holds predictions.jsonl (appended batch by batch; rerun the same command to resume),
-report.json, report.md, scores.jsonl and confusion_*.png; with --base-too also base/ and compare.*.
+report.json, report.md, scores.jsonl and confusion.png; with --base-too also base/ and compare.*.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ HELP = "Evaluate a run, a model folder or an OpenAI-compatible endpoint on a tes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]  # the usage examples, incl. `eval compare REPORT... --out DIR`
     add_config_args(parser)
     src = parser.add_argument_group("what to evaluate (one of)")
     src.add_argument("--run", help="training run folder (base model + what was trained)")
@@ -118,7 +120,7 @@ def _progress(label: str):
 
 def _evaluate(target: _Target, engine, items, out: Path, cfg, args, field_spec, test_file: str) -> dict:
     from glmtune.evaluate.generate import generate_predictions
-    from glmtune.evaluate.report import build_report, write_report
+    from glmtune.evaluate.report import build_report
 
     e = cfg.eval
     meta = {**target.describe(), "test_file": test_file}
@@ -141,7 +143,7 @@ def run_compare(refs: list[str], out: str | None) -> int:
     if len(refs) < 1:
         raise SystemExit("error: eval compare needs at least one report (folder or report.json)")
     paths = write_comparison(refs, out or "eval/compare")
-    for name, p in paths.items():
+    for p in paths.values():
         print(f"wrote {p}")
     return 0
 
@@ -193,6 +195,16 @@ def run(args) -> int:
             del engine
     except PredictionsMismatch as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if tuned.kind != "endpoint":
+            raise
+        import openai
+
+        if not isinstance(err, openai.OpenAIError):
+            raise
+        print(f"error: endpoint {args.endpoint}: {err}\npredictions so far are kept in {out}; rerun to resume",
+              file=sys.stderr)
         return 2
     if base_report is not None:
         write_report(out / "base", base_report, base_report.pop("_per_sample"))

@@ -7,7 +7,6 @@ BLEU-4s are why users cannot compare each other's numbers, LF#2140, PR#4877).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from functools import lru_cache

@@ -97,7 +97,10 @@ class PtuningMethod:
 
         peft_cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.pre_seq_len,
                                       prefix_projection=cfg.prefix_projection, encoder_hidden_size=cfg.prefix_hidden)
-        return get_peft_model(model, peft_cfg, autocast_adapter_dtype=train_cfg.precision != "pure_bf16")
+        model = get_peft_model(model, peft_cfg)
+        if train_cfg.precision == "pure_bf16":
+            model.prompt_encoder.to(model.get_base_model().dtype)  # PEFT builds the prefix in fp32 otherwise
+        return model
 
     def save_trained(self, model, out_dir: Path) -> None:
         out_dir = Path(out_dir)

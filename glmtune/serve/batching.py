@@ -95,6 +95,15 @@ class _Detok:
     def flush(self) -> str:
         return self._emit(len(self.text))
 
+    def finish(self, hit_stop_string: bool) -> str:
+        """Final text from one full decode (the windowed decode can lag at the very end), then flush.
+        A trailing incomplete character is dropped rather than sent as U+FFFD."""
+        if not hit_stop_string:
+            full = self.tok.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
+            if full.lstrip("\n").startswith(self.text):  # never take back text already sent
+                self.raw = full
+        return self.flush()
+
 
 @dataclass
 class _Row:
@@ -292,7 +301,7 @@ class BatchingEngine:
                 nxt[i] = _sample(torch, logits[i], r.req.temperature, r.req.top_p, r.generator)
         now = time.monotonic()
         for r, tok in zip(rows, nxt):
-            req, reason = r.req, None
+            req, reason, hit = r.req, None, False
             if tok in self.stop_ids:
                 reason = "stop"
             else:
@@ -310,8 +319,8 @@ class BatchingEngine:
             if reason is None and req.cancelled:
                 reason = "cancelled"
             if reason:
+                rest = r.detok.finish(hit)
                 req.text = r.detok.text
-                rest = r.detok.flush()
                 if rest and req.sink and reason != "cancelled":
                     req.sink(("delta", rest))
                 self._finish(req, reason)

@@ -75,8 +75,12 @@ def relaunch(args, cfg) -> int:
     if os.environ.get("LOCAL_RANK") is not None:
         raise RuntimeError("glmtune train --nproc/--nnodes was run inside torchrun already (LOCAL_RANK is set); "
                            "inside torchrun call `glmtune train` without --nproc")
+    from glmtune.models.load import resolve_path
+
+    # Fail here, once, rather than in every process; and build a `tiny:` model before N processes race to.
+    resolve_path(cfg.model.path)
     if cfg.distributed.backend == "deepspeed":
-        deepspeed_config(cfg)  # fail here, once, rather than in every process
+        deepspeed_config(cfg)
     cmd = torchrun_command(args)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, set here to silence its warning
@@ -105,19 +109,19 @@ def deepspeed_config(cfg) -> dict:
 
 
 def fsdp_kwargs(cfg) -> dict:
-    """TrainingArguments kwargs for FSDP: full sharding, one unit per decoder layer of the model's family."""
+    """TrainingArguments kwargs for FSDP2 (transformers 5 form: fsdp=True + fsdp_config): full sharding,
+    one unit per decoder layer of the model's family, sharded (reshardable) checkpoints."""
     from glmtune.models.families import family_of
     from glmtune.models.load import model_type_of, resolve_path
 
-    fsdp_config = {"use_orig_params": True,  # required for LoRA/freeze: frozen and trainable in one unit
-                   "state_dict_type": "SHARDED_STATE_DICT",  # torch.distributed.checkpoint: reshardable
-                   "sync_module_states": True}
+    fsdp_config = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                   # torch.distributed.checkpoint shards: resumable on a different process count
+                   "state_dict_type": "SHARDED_STATE_DICT", "cpu_offload": cfg.distributed.offload}
     layer = family_of(model_type_of(resolve_path(cfg.model.path))).decoder_layer
     if layer:
         fsdp_config["transformer_layer_cls_to_wrap"] = [layer]
     # else: accelerate falls back to the model's own `_no_split_modules`
-    offload = " offload" if cfg.distributed.offload else ""
-    return {"fsdp": f"full_shard auto_wrap{offload}", "fsdp_config": fsdp_config}
+    return {"fsdp": True, "fsdp_config": fsdp_config}
 
 
 def engine_kwargs(cfg, world: int) -> dict:
@@ -132,12 +136,27 @@ def engine_kwargs(cfg, world: int) -> dict:
         # accelerate would pick MPI on a CPU torch built with it; gloo is what torchrun CPU runs use.
         kwargs["ddp_backend"] = "gloo"
     if backend == "deepspeed":
-        # DeepSpeed chooses its own accelerator (CPU when there is no GPU); HF's use_cpu would bypass it.
-        kwargs.update(deepspeed=deepspeed_config(cfg), use_cpu=False)
-        kwargs.pop("ddp_backend", None)
+        kwargs["deepspeed"] = deepspeed_config(cfg)
+        if not torch.cuda.is_available():
+            kwargs = {"deepspeed": kwargs["deepspeed"], **_deepspeed_on_cpu()}
     elif backend == "fsdp":
+        if not torch.cuda.is_available():
+            # accelerate enables FSDP only for GPU-type process groups; on CPU it would run plain DDP quietly
+            raise ValueError("distributed.backend=fsdp needs GPUs (accelerate runs FSDP only on GPU process "
+                             "groups); on CPU use distributed.backend=ddp or deepspeed")
         kwargs.update(fsdp_kwargs(cfg))
     return kwargs
+
+
+def _deepspeed_on_cpu() -> dict:
+    """DeepSpeed without a GPU (tests, CI): TrainingArguments(use_cpu=True) would quietly run plain DDP, and
+    use_cpu=False gives accelerate no backend, so it counts one process. Set up the shared state ourselves
+    (DeepSpeed over gloo) and tell TrainingArguments to use it."""
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(cpu=False, backend="gloo")
+    return {"use_cpu": False, "accelerator_config": {"use_configured_state": True}}
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -181,8 +200,7 @@ def check_resume(ckpt: str | Path | None, cfg, world: int) -> str | None:
     if engine == "hf" and ds_now:
         raise ResumeError(
             f"checkpoint {ckpt} was written without DeepSpeed; DeepSpeed can only resume its own checkpoints. "
-            f"Resume with distributed.backend={cfg.distributed.backend if not ds_now else 'ddp'} or start fresh "
-            f"with train.resume=never.")
+            "Resume with distributed.backend=ddp (any process count), or start fresh with train.resume=never.")
     if engine == "hf" and saved and saved != world and _rank() == 0:
         print(f"resuming {ckpt} (written by {saved} process(es)) on {world}: model and optimizer state are whole, "
               f"so this is exact; the data order continues by step count, not sample by sample.", flush=True)

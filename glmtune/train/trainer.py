@@ -233,6 +233,12 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
         callbacks=cbs,
     )
     trainer.param_groups = method.param_groups(model, cfg.method, cfg.train)
+    if cfg.eval.during_training_every and data.val_conversations:  # every rank generates (ZeRO-3/FSDP need it)
+        from glmtune.evaluate.callback import GenerationEvalCallback
+
+        gen_cb = GenerationEvalCallback(tok, data.val_conversations[: cfg.eval.during_training_samples],
+                                        cfg.eval.during_training_every, cfg.eval.max_new_tokens, cfg.eval.field_spec)
+        trainer.add_callback(gen_cb.attach(trainer))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     # Many processes: DDP/FSDP sync gradients and ZeRO-3 gathers weights through the wrapper's forward, which
@@ -282,9 +288,32 @@ def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
         "resumed_from": resume,
         "data": data.report.summary(),
     }
+    if cfg.eval.forgetting:
+        summary["forgetting"] = forgetting_check(cfg, trainer.model, tok, loaded, out)
     atomic_write_json(out / "summary.json", summary)
     plot_loss(out / "metrics.jsonl", out / "plots" / "loss.png")
     return RunResult(out, summary)
+
+
+def forgetting_check(cfg, model, tok, loaded, out: Path) -> dict:
+    """Bundled general prompts, base vs tuned, at the end of training (PEERS.md row 8); red/green line."""
+    from peft import PeftModel
+
+    from glmtune.evaluate.forgetting import forgetting_delta, load_items, render_forgetting, score_engine
+    from glmtune.serve.engine import HFEngine
+
+    items = load_items(cfg.eval.forgetting_set)
+    n_new = cfg.eval.forgetting_max_new_tokens
+    tuned = score_engine(HFEngine(model, tok, loaded.family), items, n_new)
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():  # the base is under the adapter: no second copy in memory
+            base = score_engine(HFEngine(model, tok, loaded.family), items, n_new)
+    else:
+        base = score_engine(HFEngine.from_model_dir(str(loaded.path), cfg.model.trust_remote_code), items, n_new)
+    result = forgetting_delta(base, tuned, items)
+    atomic_write_json(out / "forgetting.json", result)
+    render_forgetting(result)
+    return {k: result[k] for k in ("base_accuracy", "tuned_accuracy", "delta", "lost", "gained")}
 
 
 def template_hash(tokenizer) -> str:

@@ -81,17 +81,28 @@ def test_bnb_cpu_packing_is_the_cause():
         keep_standard_4bit_layout(loaded.model)
 
 
-def test_merge_of_8bit_base_matches_adapter_model():
+def test_merge_of_8bit_base_is_base_plus_delta():
+    """LLM.int8 quantises activations too, so merged and adapter logits differ by that noise; the merged
+    *weights* must equal the original fp32 weights + the LoRA delta up to the 8-bit weight error."""
+    from transformers import AutoModelForCausalLM
+
     cfg, model = prepared("method.bits=8")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)  # a non-zero adapter, so the merge has something to fold in
+    name = "model.layers.0.self_attn.q_proj"
+    lora_layer = model.get_base_model().get_submodule(name)
+    delta = lora_layer.get_delta_weight("default")
+    merged = get("qlora").merge(model)
+    original = AutoModelForCausalLM.from_pretrained(model.get_base_model().name_or_path)
+    w0 = original.get_submodule(name).weight
+    w = merged.get_submodule(name).weight
+    assert delta.abs().max() > 1e-2
+    assert (w - (w0 + delta)).abs().max() < 0.01 * w0.abs().max()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
     ids = torch.randint(20, 1000, (2, 9))
     model.eval()
     with torch.no_grad():
-        ref = model(input_ids=ids).logits
-        merged = get("qlora").merge(model)
-        out = merged(input_ids=ids).logits
-    assert not any("lora" in n for n, _ in merged.named_parameters())
-    assert ref.abs().max() > 0 and (ref - out).abs().max() < 1e-3 * ref.abs().max()
+        ref, out = model(input_ids=ids).logits, merged(input_ids=ids).logits
+    assert (ref - out).abs().max() < 0.05 * ref.abs().max()

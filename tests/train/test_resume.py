@@ -73,3 +73,18 @@ def test_run_folder_contract(tmp_path, grading_file, tiny_glm4):
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert res.summary["loss_last"] < res.summary["loss_first"]
     assert not list(r.glob(".*.partial")) and not list(r.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_generation_eval_and_forgetting_hooks(tmp_path, grading_file, tiny_glm4):
+    cfg = load_config(None, [f"data.train={grading_file}", f"train.output_dir={tmp_path / 'g'}", f"model.path={tiny_glm4}",
+                             "data.val_size=4", "train.max_steps=4", "train.batch_size=4", "train.lr=5e-3",
+                             "eval.during_training_every=2", "eval.during_training_samples=2", "eval.max_new_tokens=8",
+                             "eval.field_spec=null", "eval.forgetting=true", "eval.forgetting_max_new_tokens=4",
+                             "plan.strict=false"])
+    res = train(cfg, quiet=True)
+    rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    gen_steps = [r["step"] for r in rows if "gen_samples" in r]
+    assert gen_steps == [2, 4]
+    f = json.loads((res.run_dir / "forgetting.json").read_text())
+    assert f["n"] == 30 and 0 <= f["base_accuracy"] <= 1 and res.summary["forgetting"]["delta"] == f["delta"]

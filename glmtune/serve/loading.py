@@ -1,0 +1,74 @@
+"""Build what the server, chat and web chat serve: one base model plus named LoRA adapters.
+
+`--run RUN` serves that run (its adapter becomes the default model); `--model DIR` serves a plain or
+exported folder. Each `--adapter name=PATH` (a run folder or a PEFT adapter folder trained on the
+same base) is loaded with PEFT `load_adapter`, and requests pick it by `model` name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glmtune.serve.batching import BASE
+
+
+@dataclass
+class Served:
+    engine: object  # HFEngine
+    default: str  # public name of the default model
+    names: dict[str, str | None] = field(default_factory=dict)  # public name -> PEFT adapter name / BASE / None
+
+    def resolve(self, model: str | None) -> str | None:
+        """Public model name -> adapter to run with. Raises KeyError for unknown names."""
+        if not model or model == "default":
+            model = self.default
+        return self.names[model]
+
+
+def _adapter_dir(path: Path) -> tuple[Path, str | None]:
+    """A run folder or an adapter folder -> (adapter folder, base path recorded by the run or None)."""
+    if (path / "method.json").exists():
+        meta = json.loads((path / "method.json").read_text())
+        if not (path / meta["artifact"] / "adapter_config.json").exists():
+            raise ValueError(f"--adapter {path}: method {meta['method']!r} trained full weights, not an adapter; "
+                             f"serve it on its own with --run")
+        return path / meta["artifact"], meta["base"]
+    if (path / "adapter_config.json").exists():
+        return path, None
+    raise FileNotFoundError(f"--adapter {path}: neither a run folder (method.json) nor an adapter (adapter_config.json)")
+
+
+def load_served(run: str | None = None, model: str | None = None, adapters: dict[str, str] | None = None,
+                name: str | None = None) -> Served:
+    from glmtune.models.load import resolve_path
+    from glmtune.serve.engine import HFEngine
+
+    if bool(run) == bool(model):
+        raise ValueError("give exactly one of --run RUN or --model DIR")
+    if run:
+        engine = HFEngine.from_run(run, name=name)
+        base = str(resolve_path(json.loads((Path(run) / "method.json").read_text())["base"]))
+    else:
+        engine = HFEngine.from_model_dir(model, name=name)
+        base = str(resolve_path(model))
+    # A run trained with an adapter is a PeftModel whose adapter is called "default".
+    default_adapter = "default" if hasattr(engine.model, "peft_config") else None
+    served = Served(engine, engine.name, {engine.name: default_adapter})
+    for public, path in (adapters or {}).items():
+        if public in served.names or public == "default":
+            raise ValueError(f"--adapter {public}: that model name is already taken")
+        adir, adapter_base = _adapter_dir(Path(path))
+        if adapter_base and str(resolve_path(adapter_base)) != base:
+            raise ValueError(f"--adapter {public}={path} was trained on {adapter_base}, not on the served base {base}")
+        if hasattr(engine.model, "peft_config"):
+            engine.model.load_adapter(str(adir), adapter_name=public)
+        else:
+            from peft import PeftModel
+
+            engine.model = PeftModel.from_pretrained(engine.model, str(adir), adapter_name=public).eval()
+        served.names[public] = public
+    if hasattr(engine.model, "peft_config") and served.names[engine.name] is None:
+        served.names[engine.name] = BASE  # the plain base, with adapters switched off
+    return served
