@@ -7,8 +7,11 @@ CE run per chunk under activation checkpointing, so at most `chunk × vocab` log
 (forward and backward). The idea is the one behind Liger-Kernel's fused linear cross-entropy and
 Unsloth's chunked CE; this is a plain-PyTorch version.
 
-Models whose forward must run as a whole (PEFT prompt learning injects prefixes into the wrapper's
-forward; remote-code ChatGLM) use `logits_to_keep` with the union of supervised positions instead.
+Models whose forward must run as a whole use `logits_to_keep` with the union of supervised positions
+instead: PEFT prompt learning (it injects prefixes in the wrapper's forward), remote-code ChatGLM, and
+every multi-process run — DDP only all-reduces gradients of work done inside its wrapper's forward, and
+ZeRO-3 only gathers weights for module calls, so calling the decoder directly would silently train each
+rank on its own (caught by tests/train/test_distributed.py).
 """
 
 from __future__ import annotations
