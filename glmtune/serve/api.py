@@ -43,7 +43,7 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
 
     cfg = cfg or ServeSection()
     engine = served.engine
-    batcher = batcher or BatchingEngine(engine, cfg.max_batch_size, cfg.max_queue)
+    batcher = batcher or BatchingEngine(engine, cfg.max_batch_size, cfg.max_queue, cfg.prefix_cache_tokens)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -72,8 +72,10 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
 
     @app.get("/health")
     async def health():
+        pc = batcher.prefix_cache
         return {"status": "ok", "waiting": batcher.waiting, "running": batcher.running,
-                "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue}
+                "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
+                "prefix_cache": pc.stats() if pc is not None else None}
 
     @app.get("/v1/models")
     async def models():
@@ -92,18 +94,20 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
         if max_new > cfg.max_new_tokens:
             return _error(400, f"max_tokens={max_new} exceeds the limit serve.max_new_tokens={cfg.max_new_tokens}",
                           "invalid_request_error", "max_tokens")
+        messages = [m.model_dump() for m in body.messages]
         try:
-            ids = engine.prompt_ids([m.model_dump() for m in body.messages])
+            ids = engine.prompt_ids(messages)
         except Exception as err:  # the chat template rejected the conversation
             return _error(400, f"messages cannot be rendered with the model's chat template: {err}",
                           "invalid_request_error", "messages")
         if len(ids) > cfg.max_prompt_tokens:
             return _error(400, f"prompt has {len(ids)} tokens; the limit is serve.max_prompt_tokens="
                                f"{cfg.max_prompt_tokens}", "invalid_request_error", "messages")
+        prefix_len = engine.prefix_boundary(messages, ids) if batcher.prefix_cache is not None else 0
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         req = GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
-                         adapter=adapter, min_tokens=min(body.min_tokens, max_new), stop=body.stop_list(),
+                         adapter=adapter, min_tokens=min(body.min_tokens, max_new), stop=body.stop_list(), prefix_len=prefix_len,
                          seed=body.seed, timeout_s=cfg.request_timeout_s,
                          sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         try:

@@ -4,7 +4,14 @@ at a time behind a semaphore, `hf_engine.py:70`).
 One scheduler thread owns the model. It keeps a running batch whose KV cache is left-padded to a
 common length. Between decode steps it admits waiting requests: each new prompt is prefilled alone
 (no padding, so its prefill is exactly the sequential computation), then its cache is left-padded
-and concatenated onto the running batch. Every step decodes one token for all rows together
+and concatenated onto the running batch. The batch's cache lives in preallocated buffers with room
+for the rows' remaining tokens, so a decode step writes one column in place instead of copying the
+whole cache (transformers' DynamicCache concatenates at every step).
+
+Prefix cache (`serve.prefix_cache_tokens`): the KV of prompt prefixes that end at a message boundary
+(the rendered system prompt, earlier turns of a chat) is kept in an LRU bounded by cached tokens.
+A new prompt reuses the longest cached prefix of its token ids and prefills only the rest; the KV of
+a prefix depends only on its tokens and the adapter, so answers are the same as without the cache. Every step decodes one token for all rows together
 (position ids counted per row from the real tokens, so padding changes nothing). A row leaves on a
 stop token, its token budget, a stop string, its deadline or a cancel; its cache rows are dropped and
 all-padding columns are trimmed. Requests join in FIFO order; a batch serves one LoRA adapter at a
@@ -47,7 +54,9 @@ class GenRequest:
     timeout_s: float | None = None
     # (kind, payload): ("delta", text) ... then ("done", finish_reason) or ("error", message)
     sink: Callable[[tuple[str, object]], None] | None = None
+    prefix_len: int = 0  # prompt tokens up to the last message boundary: their KV may be cached for later requests
     tokens: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     text: str = ""
     finish_reason: str | None = None
     cancelled: bool = False
@@ -105,6 +114,116 @@ class _Detok:
         return self.flush()
 
 
+class PrefixCache:
+    """LRU of KV caches of prompt prefixes, bounded by the total number of cached tokens.
+
+    Keys are (adapter, token ids): a prefix's KV depends on its tokens and on the weights only (causal
+    attention, positions counted from 0), so any cached entry that is a prefix of a prompt can stand in
+    for prefilling those tokens. Values are per-layer (keys, values) tensors [1, kv_heads, n, head_dim].
+    """
+
+    def __init__(self, max_tokens: int, min_tokens: int = 16):
+        self.max_tokens, self.min_tokens = max_tokens, min_tokens
+        self._entries: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+        self.tokens = 0
+        self.hits = self.misses = self.hit_tokens = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, adapter, ids: list[int]) -> tuple[int, list | None]:
+        """Longest cached prefix of `ids` (strictly shorter: at least one token is left to prefill)."""
+        best, n_ids = None, len(ids)
+        for key in self._entries:
+            a, pre = key
+            n = len(pre)
+            if a == adapter and n < n_ids and (best is None or n > len(best[1])) and ids[n - 1] == pre[-1] \
+                    and tuple(ids[:n]) == pre:
+                best = key
+        if best is None:
+            self.misses += 1
+            return 0, None
+        self._entries.move_to_end(best)
+        self.hits += 1
+        self.hit_tokens += len(best[1])
+        return len(best[1]), self._entries[best]
+
+    def store(self, adapter, prefix: list[int], kv: list) -> bool:
+        """Keep the first len(prefix) positions of `kv` (per layer (keys, values), batch of one)."""
+        n = len(prefix)
+        if n < self.min_tokens or n > self.max_tokens:
+            return False
+        key = (adapter, tuple(prefix))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return False
+        self._entries[key] = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in kv]
+        self.tokens += n
+        while self.tokens > self.max_tokens:
+            (_, old), _ = self._entries.popitem(last=False)
+            self.tokens -= len(old)
+            self.evictions += 1
+        return True
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.tokens = 0
+
+    def stats(self) -> dict:
+        return {"entries": len(self._entries), "tokens": self.tokens, "max_tokens": self.max_tokens,
+                "hits": self.hits, "misses": self.misses, "hit_tokens": self.hit_tokens, "evictions": self.evictions}
+
+
+def _buffer_layer_class():
+    """A DynamicLayer over a preallocated [B, heads, capacity, dim] buffer: `update` writes the new
+    positions in place and exposes a view of the filled part (built lazily: transformers is imported late)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, kbuf, vbuf, n: int):
+            super().__init__()
+            self.kbuf, self.vbuf, self.n = kbuf, vbuf, n
+            self.dtype, self.device = kbuf.dtype, kbuf.device
+            self.is_initialized = True
+            self._views()
+
+        def _views(self):
+            self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[2]
+            if self.n + m > self.kbuf.shape[2]:  # the scheduler reserves room; this is only a fallback
+                self.kbuf = _grow(self.kbuf, self.n, self.n + m + 64)
+                self.vbuf = _grow(self.vbuf, self.n, self.n + m + 64)
+            self.kbuf[:, :, self.n:self.n + m] = key_states
+            self.vbuf[:, :, self.n:self.n + m] = value_states
+            self.n += m
+            self._views()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.n
+
+    return BufferLayer
+
+
+def _grow(buf, n: int, cap: int):
+    new = buf.new_empty(*buf.shape[:2], cap, buf.shape[3])
+    new[:, :, :n] = buf[:, :, :n]
+    return new
+
+
+_BufferLayer = None
+
+
+def _new_cache(layers: list):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
 @dataclass
 class _Row:
     req: GenRequest
@@ -115,8 +234,12 @@ class _Row:
 
 
 class BatchingEngine:
-    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 64):
+    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 64, prefix_cache_tokens: int = 0):
         import torch
+
+        global _BufferLayer
+        if _BufferLayer is None:
+            _BufferLayer = _buffer_layer_class()
 
         self.engine, self.model, self.tok = engine, engine.model, engine.tokenizer
         self.stop_ids = set(engine.stop_ids)
@@ -126,7 +249,9 @@ class BatchingEngine:
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._rows: list[_Row] = []
         self._cache = None  # DynamicCache of the running batch, layers [B, heads, L, dim], left-padded
-        self._mask = None  # [B, L] 1 = real token
+        self._mask = None  # [B, L] 1 = real token (a view of _maskbuf)
+        self._maskbuf = None  # [B, capacity]; columns past L are already 1 (filled as rows decode)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self._adapter: str | None = None
         self._closed = False
         self.served = self.errors = self.max_batch_seen = 0
@@ -199,7 +324,7 @@ class BatchingEngine:
                 self.errors += 1
                 for row in self._rows:
                     self._finish(row.req, error=f"{type(err).__name__}: {err}")
-                self._rows, self._cache, self._mask = [], None, None
+                self._rows, self._cache, self._mask, self._maskbuf = [], None, None, None
         for req in list(self._waiting) + [r.req for r in self._rows]:
             self._finish(req, error="the engine is shutting down")
 
@@ -228,18 +353,20 @@ class BatchingEngine:
             model.set_adapter(name)
         return contextlib.nullcontext()
 
-    def _prefill(self, reqs: list[GenRequest]) -> None:
-        from transformers import DynamicCache
+    def _adapter_key(self):
+        """What the weights are right now, as far as KV goes (the prefix cache's key)."""
+        if not hasattr(self.model, "peft_config"):
+            return None
+        return BASE if self._adapter == BASE else (self._adapter or "", str(self.model.active_adapter))
 
+    def _prefill(self, reqs: list[GenRequest]) -> None:
         torch = self._torch
         device = self.engine.device
         new_kv, new_rows, logits = [], [], []
         for req in reqs:
-            cache = DynamicCache()
-            ids = torch.tensor([req.prompt_ids], device=device)
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            new_kv.append([(layer.keys, layer.values) for layer in cache.layers])
-            logits.append(out.logits[:, -1].float())
+            kv, last = self._prefill_one(req)
+            new_kv.append(kv)
+            logits.append(last)
             gen = None
             if req.temperature and req.temperature > 0:
                 gen = torch.Generator(device=device)
@@ -248,42 +375,79 @@ class BatchingEngine:
         self._join(new_kv, new_rows)
         self._sample_and_emit(new_rows, torch.cat(logits))
 
+    def _prefill_one(self, req: GenRequest):
+        """Prefill one prompt on its own (after the longest cached prefix); returns (per-layer KV, last logits)."""
+        from transformers import DynamicCache
+
+        ids, pc = req.prompt_ids, self.prefix_cache
+        akey = self._adapter_key() if pc is not None else None
+        n_hit, hit = pc.lookup(akey, ids) if pc is not None else (0, None)
+        cache = DynamicCache(ddp_cache_data=hit) if hit else DynamicCache()  # copies: the entry stays intact
+        out = self.model(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        req.cached_tokens = n_hit
+        if pc is not None and n_hit < req.prefix_len < len(ids):
+            pc.store(akey, ids[:req.prefix_len], kv)
+        return kv, out.logits[:, -1].float()
+
+    def _spare(self, rows: list[_Row]) -> int:
+        """Cache columns to reserve for decoding: the rows' remaining token budgets (regrown if exceeded)."""
+        return max(8, min(256, max(r.req.max_new_tokens - len(r.req.tokens) for r in rows) + 1))
+
     def _kv(self) -> list[tuple]:
         return [(layer.keys, layer.values) for layer in self._cache.layers]
 
-    def _set_kv(self, kv: list) -> None:
-        """A new cache object is built only when rows join or leave, not at every step."""
-        from transformers import DynamicCache
-
-        self._cache = DynamicCache(ddp_cache_data=kv)
+    def _build(self, parts: list, rows: list[_Row]) -> None:
+        """New batch buffers from `parts` = [(per-layer (keys, values) [b, h, L_i, d], mask [b, L_i])],
+        each left-padded to the longest, with room for decoding; one copy of every cache."""
+        torch = self._torch
+        length = max(m.shape[1] for _, m in parts)
+        cap = length + self._spare(rows)
+        batch = sum(m.shape[0] for _, m in parts)
+        ref = parts[0][1]
+        maskbuf = torch.ones(batch, cap, dtype=ref.dtype, device=ref.device)
+        layers = []
+        for i in range(len(parts[0][0])):
+            bufs = []
+            for j in (0, 1):
+                t0 = parts[0][0][i][j]
+                buf = t0.new_empty(batch, t0.shape[1], cap, t0.shape[3])
+                r = 0
+                for kv, m in parts:
+                    b, pad = m.shape[0], length - m.shape[1]
+                    if pad:
+                        buf[r:r + b, :, :pad].zero_()  # masked out, but must be finite (0 * NaN is NaN)
+                    buf[r:r + b, :, pad:length] = kv[i][j]
+                    r += b
+                bufs.append(buf)
+            layers.append(_BufferLayer(bufs[0], bufs[1], length))
+        r = 0
+        for _, m in parts:
+            b, pad = m.shape[0], length - m.shape[1]
+            maskbuf[r:r + b, :length] = torch.nn.functional.pad(m, (pad, 0)) if pad else m
+            r += b
+        self._cache, self._maskbuf, self._mask = _new_cache(layers), maskbuf, maskbuf[:, :length]
 
     def _join(self, new_kv: list, new_rows: list[_Row]) -> None:
         """Left-pad every cache to a common length and stack along the batch dimension."""
         torch = self._torch
         parts = ([(self._kv(), self._mask)] if self._rows else []) + [
             (kv, torch.ones(1, kv[0][0].shape[2], dtype=torch.long, device=kv[0][0].device)) for kv in new_kv]
-        length = max(m.shape[1] for _, m in parts)
-
-        def lpad(t, n, dim):
-            if n == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = n
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-        n_layers = len(parts[0][0])
-        self._set_kv([tuple(torch.cat([lpad(kv[i][j], length - m.shape[1], 2) for kv, m in parts]) for j in (0, 1))
-                      for i in range(n_layers)])
-        self._mask = torch.cat([lpad(m, length - m.shape[1], 1) for _, m in parts])
-        self._rows = self._rows + new_rows
+        rows = self._rows + new_rows
+        self._build(parts, rows)
+        self._rows = rows
         self.max_batch_seen = max(self.max_batch_seen, len(self._rows))
 
     def _decode_step(self) -> None:
         torch = self._torch
         device = self.engine.device
+        length = self._mask.shape[1]
+        if length + 1 > self._maskbuf.shape[1]:  # out of reserved room: rebuild with more
+            self._build([(self._kv(), self._mask)], self._rows)
         ids = torch.tensor([[r.last] for r in self._rows], device=device)
         pos = torch.tensor([[r.n_real] for r in self._rows], device=device)
-        self._mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=device)], 1)
+        self._mask = self._maskbuf[:, :length + 1]
         out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=pos, past_key_values=self._cache,
                          use_cache=True)
         for r in self._rows:
@@ -332,13 +496,13 @@ class BatchingEngine:
         """Keep only `survivors` in the batch and trim columns that are padding for every row."""
         torch = self._torch
         if not survivors:
-            self._rows, self._cache, self._mask = [], None, None
+            self._rows, self._cache, self._mask, self._maskbuf = [], None, None, None
             return
         idx = torch.tensor([self._rows.index(r) for r in survivors], device=self._mask.device)
         mask = self._mask.index_select(0, idx)
         start = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
-        self._mask = mask[:, start:]
-        self._set_kv([tuple(t.index_select(0, idx)[:, :, start:] for t in layer) for layer in self._kv()])
+        kv = [tuple(t.index_select(0, idx)[:, :, start:] for t in layer) for layer in self._kv()]
+        self._build([(kv, mask[:, start:])], survivors)
         self._rows = survivors
 
     def _finish(self, req: GenRequest, reason: str | None = None, error: str | None = None) -> None:

@@ -13,6 +13,8 @@ class ServeSection(Section):
     max_queue: int = Field(64, ge=1, description="Waiting requests beyond this get HTTP 429.")
     max_new_tokens: int = Field(512, ge=1, description="Upper bound on max_tokens per request.")
     max_prompt_tokens: int = Field(8192, ge=1, description="Longer prompts get HTTP 400.")
+    prefix_cache_tokens: int = Field(32768, ge=0, description="KV of prompt prefixes up to the last message boundary "
+                                     "(system prompt, earlier turns) kept for reuse, in tokens; 0 turns it off.")
     request_timeout_s: float = Field(120.0, gt=0, description="Requests running longer are cut (finish_reason=timeout).")
     adapters: dict[str, str] = Field(default_factory=dict, description="Named LoRA adapters: {name: run or adapter folder}.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none by default).")

@@ -69,7 +69,8 @@ class HFEngine:
         from glmtune.config.load import load_config
         from glmtune.config.schema import ModelSection
         from glmtune.methods import get
-        from glmtune.models.load import load
+        from glmtune.models.families import family_of
+        from glmtune.models.load import load, model_type_of, resolve_path
 
         run_dir = Path(run_dir)
         meta_path = run_dir / "method.json"
@@ -78,9 +79,14 @@ class HFEngine:
         meta = json.loads(meta_path.read_text())
         cfg = load_config(run_dir / "config.yaml")
         method = get(meta["method"])
-        loaded = load(ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
-                                   dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation),
-                      cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32")
+        base_cfg = ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
+                                dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+        # Load the base the way the method trained on it (quantised for qlora, prefix config for remote-code
+        # ptuning), so the trained part goes on without a second load.
+        loaded = load(base_cfg, cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32",
+                      quantization_config=method.quantization(cfg.method, cfg.train),
+                      config_overrides=method.config_overrides(
+                          cfg.method, family_of(model_type_of(resolve_path(meta["base"])))))
         check_template(loaded.tokenizer, meta, run_dir)
         model = method.load_trained(loaded, run_dir / meta["artifact"], cfg.method)
         return cls(model, loaded.tokenizer, loaded.family, name or run_dir.name)
@@ -90,6 +96,21 @@ class HFEngine:
         from glmtune.data.render import chat_ids
 
         return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+
+    def prefix_boundary(self, messages: list[dict], ids: list[int]) -> int:
+        """Tokens of `ids` (the rendered `messages`) up to the last message boundary, i.e. the rendering of
+        `messages[:-1]` when that is a prefix of `ids` (prefix-stable templates such as GLM-4's); else 0.
+        The batching engine may cache the KV of that prefix for later requests that share it."""
+        from glmtune.data.render import chat_ids
+
+        if len(messages) < 2:
+            return 0
+        try:
+            head = chat_ids(self.tokenizer, messages[:-1], add_generation_prompt=False)
+        except Exception:  # e.g. a template that refuses a conversation ending in a system turn
+            return 0
+        n = len(head)
+        return n if 0 < n < len(ids) and ids[:n] == head else 0
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
         kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
