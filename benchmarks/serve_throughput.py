@@ -1,8 +1,9 @@
 """Requests/s at 16 concurrent clients: continuous batching vs one request at a time, same run.
 
-Starts the OpenAI-compatible server in-process (uvicorn thread on 127.0.0.1) twice over the same
-loaded model, once with serve.max_batch_size=16 and once with 1 (the LLaMA-Factory default of one
-request at a time), and sends the same requests through the load tester. Goal: batching >= 4x.
+Starts the OpenAI-compatible server in-process (uvicorn thread on 127.0.0.1) three times over the same
+loaded model: serve.max_batch_size=16 with the prefix KV cache, the same without it, and
+max_batch_size=1 without it (the LLaMA-Factory default of one request at a time), and sends the same
+requests through the load tester. Goal: >= 4x.
 
     OMP_NUM_THREADS=1 python benchmarks/serve_throughput.py                      # tiny:glm4, built-in prompts
     python benchmarks/serve_throughput.py --model DIR --data grading_messages.json --requests 16 --out bench/
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 
-def measure(served, batch: int, conc: int, n: int, prompts, max_tokens: int) -> dict:
+def measure(served, batch: int, conc: int, n: int, prompts, max_tokens: int, prefix_cache_tokens: int) -> dict:
     from glmtune.serve.api import create_app, serve_in_thread
     from glmtune.serve.config import ServeSection
     from glmtune.serve.loadtest import bench_serve
 
-    cfg = ServeSection(max_batch_size=batch, max_queue=max(64, n), max_prompt_tokens=32768, max_new_tokens=max_tokens)
+    cfg = ServeSection(max_batch_size=batch, max_queue=max(64, n), max_prompt_tokens=32768, max_new_tokens=max_tokens,
+                       prefix_cache_tokens=prefix_cache_tokens)
     server, url = serve_in_thread(create_app(served, cfg))
     try:
         res = bench_serve(f"{url}/v1", [conc], n, max_tokens=max_tokens, prompts=prompts, timeout=600)
@@ -46,25 +49,32 @@ def main() -> None:
     from glmtune.serve.loadtest import load_prompts
     from glmtune.serve.loading import load_served
 
+    load0 = round(os.getloadavg()[0], 2)
     served = load_served(model=args.model)
     prompts = load_prompts(args.data)
     rows = {}
-    for label, batch in (("batched (max_batch_size=16)", 16), ("one at a time (max_batch_size=1)", 1)):
-        rows[label] = measure(served, batch, args.concurrency, args.requests, prompts, args.max_tokens)
-    b, s = rows["batched (max_batch_size=16)"], rows["one at a time (max_batch_size=1)"]
+    plan = (("batched + prefix cache", 16, 32768), ("batched, no prefix cache", 16, 0),
+            ("one at a time, no prefix cache", 1, 0))
+    for label, batch, pc in plan:
+        rows[label] = measure(served, batch, args.concurrency, args.requests, prompts, args.max_tokens, pc)
+        rows[label]["load_after"] = round(os.getloadavg()[0], 2)
+    b, s = rows["batched + prefix cache"], rows["one at a time, no prefix cache"]
     speedup = b["req_per_s"] / s["req_per_s"] if s["req_per_s"] else float("inf")
+    nb = rows["batched, no prefix cache"]["req_per_s"]
+    speedup_nc = nb / s["req_per_s"] if s["req_per_s"] else float("inf")
     print(f"\nmodel {args.model}, {args.requests} requests, {args.concurrency} concurrent clients, "
-          f"max_tokens {args.max_tokens}, torch threads {torch.get_num_threads()}")
-    print(f"{'engine':<34} {'req/s':>7} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7} {'wall s':>7} {'errors':>6}")
+          f"max_tokens {args.max_tokens}, torch threads {torch.get_num_threads()}, load before {load0}")
+    print(f"{'engine':<34} {'req/s':>7} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7} {'wall s':>7} {'errors':>6} {'load':>5}")
     for label, r in rows.items():
         print(f"{label:<34} {r['req_per_s']:>7.2f} {r['output_tokens_per_s']:>8.1f} {r['latency_p50_s']:>7.3f} "
-              f"{r['latency_p95_s']:>7.3f} {r['wall_s']:>7.2f} {r['errors']:>6}")
-    print(f"speed-up: {speedup:.2f}x (goal >= 4x)")
+              f"{r['latency_p95_s']:>7.3f} {r['wall_s']:>7.2f} {r['errors']:>6} {r['load_after']:>5}")
+    print(f"speed-up: {speedup:.2f}x with the prefix cache, {speedup_nc:.2f}x batching alone (goal >= 4x)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "data": args.data, "concurrency": args.concurrency, "requests": args.requests,
               "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(), "results": rows,
-              "speedup": round(speedup, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "speedup": round(speedup, 3), "speedup_batching_only": round(speedup_nc, 3), "load_before": load0,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = out / "serve_throughput.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {path}")

@@ -215,6 +215,55 @@ def _grow(buf, n: int, cap: int):
 
 _BufferLayer = None
 
+SPLIT_ATTENTION = "glmtune_prefix_split"
+
+
+def _prefix_split_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for prefilling the rest of a prompt after a cached prefix (batch of one, no padding, CPU).
+
+    transformers would build a [q, past + q] mask, and masked SDPA on CPU computes every block of it
+    (half of them fully masked). Instead: all new queries over the past keys (no mask), plus the new
+    queries over the new keys (is_causal, which skips the masked half), merged with the two
+    log-sum-exps: exactly softmax over the union, i.e. what one causal prefill computes, in fewer FLOPs.
+    """
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    b, heads, q, d = query.shape
+    kv_heads, past = key.shape[1], key.shape[2] - q
+    rep = heads // kv_heads
+    # new queries x past keys: no mask, so the query heads of one KV group can share it as one sequence
+    o1, l1 = flash(query.reshape(b, kv_heads, rep * q, d), key[:, :, :past], value[:, :, :past], 0.0, False,
+                   scale=scaling)[:2]
+    kn, vn = key[:, :, past:], value[:, :, past:]
+    if rep > 1:
+        kn = kn[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
+        vn = vn[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
+    o2, l2 = flash(query, kn, vn, 0.0, True, scale=scaling)[:2]
+    l1 = l1.reshape(b, heads, q, 1)
+    l2 = l2.reshape(b, heads, q, 1)
+    lse = torch.logaddexp(l1, l2)
+    out = o1.reshape(b, heads, q, d).float() * torch.exp(l1 - lse) + o2.float() * torch.exp(l2 - lse)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def _split_attention(model, on: bool):
+    """Run `model` with _prefix_split_attention (and no mask built) inside the block when `on`."""
+    if not on:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SPLIT_ATTENTION, _prefix_split_attention)
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = SPLIT_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
 
 def _new_cache(layers: list):
     from transformers import DynamicCache
@@ -252,6 +301,9 @@ class BatchingEngine:
         self._mask = None  # [B, L] 1 = real token (a view of _maskbuf)
         self._maskbuf = None  # [B, capacity]; columns past L are already 1 (filled as rows decode)
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        config = getattr(self.model, "config", None)
+        self._split_ok = (engine.device.type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa"
+                          and not getattr(config, "sliding_window", None))
         self._adapter: str | None = None
         self._closed = False
         self.served = self.errors = self.max_batch_seen = 0
@@ -383,8 +435,9 @@ class BatchingEngine:
         akey = self._adapter_key() if pc is not None else None
         n_hit, hit = pc.lookup(akey, ids) if pc is not None else (0, None)
         cache = DynamicCache(ddp_cache_data=hit) if hit else DynamicCache()  # copies: the entry stays intact
-        out = self.model(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with _split_attention(self.model, bool(hit) and self._split_ok and len(ids) - n_hit > 1):
+            out = self.model(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         req.cached_tokens = n_hit
         if pc is not None and n_hit < req.prefix_len < len(ids):

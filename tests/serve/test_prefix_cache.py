@@ -75,6 +75,29 @@ def test_sequential_hits_equal_full_prefill(served):
         be.close()
 
 
+def test_cached_prefill_matches_full_prefill_numerically(served):
+    """Stronger than equal argmax on a tiny random model: the logits and the whole KV agree."""
+    import torch
+
+    engine = served.engine
+    (ids1, n1), (ids2, n2) = reqs_for(engine, [conv(SYS_A, USERS[0]), conv(SYS_A, USERS[1])])
+    be, be0 = (BatchingEngine(engine, prefix_cache_tokens=t) for t in (4096, 0))
+    try:
+        be._adapter = be0._adapter = BASE
+        with engine.lock, torch.inference_mode(), engine.model.disable_adapter():
+            be._prefill_one(GenRequest(prompt_ids=ids1, prefix_len=n1))
+            req = GenRequest(prompt_ids=ids2, prefix_len=n2)
+            kv, logits = be._prefill_one(req)
+            kv0, logits0 = be0._prefill_one(GenRequest(prompt_ids=ids2, prefix_len=n2))
+        assert req.cached_tokens == n1 == n2
+        assert torch.allclose(logits, logits0, atol=1e-5, rtol=1e-4), (logits - logits0).abs().max()
+        for (k, v), (k0, v0) in zip(kv, kv0):
+            assert k.shape == k0.shape and torch.allclose(k, k0, atol=1e-5) and torch.allclose(v, v0, atol=1e-5)
+    finally:
+        be.close()
+        be0.close()
+
+
 def test_concurrent_requests_sharing_a_system_prompt(served):
     engine = served.engine
     reqs = reqs_for(engine, [conv(SYS_A, u) for u in USERS])

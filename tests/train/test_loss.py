@@ -57,3 +57,14 @@ def test_only_supervised_tokens_count():
     b = batch()
     _, n = causal_lm_loss_sum(model_for("full", "glm4"), b, 8)
     assert n == int((b["labels"][:, 1:] != -100).sum()) == (21 - 9) + (14 - 5) + (30 - 12)
+
+
+def test_right_padding_needs_no_mask_but_left_padding_keeps_it():
+    import torch
+
+    from glmtune.train.loss import _attention_inputs
+
+    right = {"attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    left = {"attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]])}
+    assert _attention_inputs(right) == {}
+    assert torch.equal(_attention_inputs(left)["attention_mask"], left["attention_mask"])
