@@ -52,6 +52,8 @@ def main() -> None:
     load0 = round(os.getloadavg()[0], 2)
     served = load_served(model=args.model)
     prompts = load_prompts(args.data)
+    # warm-up (model, server and client start-up), so the first configuration is not charged for it
+    measure(served, 16, min(4, args.concurrency), 4, prompts, args.max_tokens, 0)
     rows = {}
     plan = (("batched + prefix cache", 16, 32768), ("batched, no prefix cache", 16, 0),
             ("one at a time, no prefix cache", 1, 0))
