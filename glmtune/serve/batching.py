@@ -11,10 +11,11 @@ whole cache (transformers' DynamicCache concatenates at every step).
 Prefix cache (`serve.prefix_cache_tokens`): the KV of prompt prefixes that end at a message boundary
 (the rendered system prompt, earlier turns of a chat) is kept in an LRU bounded by cached tokens.
 A new prompt reuses the longest cached prefix of its token ids and prefills only the rest; the KV of
-a prefix depends only on its tokens and the adapter, so answers are the same as without the cache. Every step decodes one token for all rows together
-(position ids counted per row from the real tokens, so padding changes nothing). A row leaves on a
-stop token, its token budget, a stop string, its deadline or a cancel; its cache rows are dropped and
-all-padding columns are trimmed. Requests join in FIFO order; a batch serves one LoRA adapter at a
+a prefix depends only on its tokens and the adapter, so answers are the same as without the cache.
+
+Every step decodes one token for all rows together (position ids counted per row from the real
+tokens, so padding changes nothing). A row leaves on a stop token, its token budget, a stop string,
+its deadline or a cancel; its cache rows are dropped and all-padding columns are trimmed. Requests join in FIFO order; a batch serves one LoRA adapter at a
 time (PEFT switches adapters model-wide), and a request for another adapter waits until the running
 batch drains, without being overtaken by later requests.
 
@@ -29,6 +30,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from glmtune.serve.detok import Detokenizer
+from glmtune.serve.kv import buffer_layer_class, new_cache, split_attention
+from glmtune.serve.prefix_cache import PrefixCache
 
 BASE = "__base__"  # adapter name meaning "adapters disabled"
 
@@ -64,219 +69,13 @@ class GenRequest:
     enqueued_at: float = 0.0
 
 
-class _Detok:
-    """Incremental detokenizer (the prefix/read offsets of TGI and vLLM): O(1) decode per token,
-    holds back incomplete UTF-8 and anything that may be the start of a stop string."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tok, self.stop = tokenizer, [s for s in stop if s]
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
-        self.raw = ""  # decoded so far; `text` drops the newline GLM puts after <|assistant|> (as HFEngine.stream)
-        self.sent = 0  # characters of `text` already handed out
-
-    @property
-    def text(self) -> str:
-        return self.raw.lstrip("\n")
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add a token; return (text safe to send now, hit_stop_string)."""
-        self.ids.append(token)
-        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.raw += now[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
-        text = self.text
-        for s in self.stop:
-            at = text.find(s, max(0, self.sent - len(s) + 1))
-            if at >= 0:
-                self.raw = self.raw[: len(self.raw) - len(text) + at]
-                return self.flush(), True
-        hold = max((len(s) - 1 for s in self.stop), default=0)
-        return self._emit(len(text) - hold), False
-
-    def _emit(self, upto: int) -> str:
-        upto = max(upto, self.sent)
-        piece, self.sent = self.text[self.sent:upto], upto
-        return piece
-
-    def flush(self) -> str:
-        return self._emit(len(self.text))
-
-    def finish(self, hit_stop_string: bool) -> str:
-        """Final text from one full decode (the windowed decode can lag at the very end), then flush.
-        A trailing incomplete character is dropped rather than sent as U+FFFD."""
-        if not hit_stop_string:
-            full = self.tok.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
-            if full.lstrip("\n").startswith(self.text):  # never take back text already sent
-                self.raw = full
-        return self.flush()
-
-
-class PrefixCache:
-    """LRU of KV caches of prompt prefixes, bounded by the total number of cached tokens.
-
-    Keys are (adapter, token ids): a prefix's KV depends on its tokens and on the weights only (causal
-    attention, positions counted from 0), so any cached entry that is a prefix of a prompt can stand in
-    for prefilling those tokens. Values are per-layer (keys, values) tensors [1, kv_heads, n, head_dim].
-    """
-
-    def __init__(self, max_tokens: int, min_tokens: int = 16):
-        self.max_tokens, self.min_tokens = max_tokens, min_tokens
-        self._entries: collections.OrderedDict[tuple, list] = collections.OrderedDict()
-        self.tokens = 0
-        self.hits = self.misses = self.hit_tokens = self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def lookup(self, adapter, ids: list[int]) -> tuple[int, list | None]:
-        """Longest cached prefix of `ids` (strictly shorter: at least one token is left to prefill)."""
-        best, n_ids = None, len(ids)
-        for key in self._entries:
-            a, pre = key
-            n = len(pre)
-            if a == adapter and n < n_ids and (best is None or n > len(best[1])) and ids[n - 1] == pre[-1] \
-                    and tuple(ids[:n]) == pre:
-                best = key
-        if best is None:
-            self.misses += 1
-            return 0, None
-        self._entries.move_to_end(best)
-        self.hits += 1
-        self.hit_tokens += len(best[1])
-        return len(best[1]), self._entries[best]
-
-    def store(self, adapter, prefix: list[int], kv: list) -> bool:
-        """Keep the first len(prefix) positions of `kv` (per layer (keys, values), batch of one)."""
-        n = len(prefix)
-        if n < self.min_tokens or n > self.max_tokens:
-            return False
-        key = (adapter, tuple(prefix))
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return False
-        self._entries[key] = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in kv]
-        self.tokens += n
-        while self.tokens > self.max_tokens:
-            (_, old), _ = self._entries.popitem(last=False)
-            self.tokens -= len(old)
-            self.evictions += 1
-        return True
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.tokens = 0
-
-    def stats(self) -> dict:
-        return {"entries": len(self._entries), "tokens": self.tokens, "max_tokens": self.max_tokens,
-                "hits": self.hits, "misses": self.misses, "hit_tokens": self.hit_tokens, "evictions": self.evictions}
-
-
-def _buffer_layer_class():
-    """A DynamicLayer over a preallocated [B, heads, capacity, dim] buffer: `update` writes the new
-    positions in place and exposes a view of the filled part (built lazily: transformers is imported late)."""
-    from transformers.cache_utils import DynamicLayer
-
-    class BufferLayer(DynamicLayer):
-        def __init__(self, kbuf, vbuf, n: int):
-            super().__init__()
-            self.kbuf, self.vbuf, self.n = kbuf, vbuf, n
-            self.dtype, self.device = kbuf.dtype, kbuf.device
-            self.is_initialized = True
-            self._views()
-
-        def _views(self):
-            self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            m = key_states.shape[2]
-            if self.n + m > self.kbuf.shape[2]:  # the scheduler reserves room; this is only a fallback
-                self.kbuf = _grow(self.kbuf, self.n, self.n + m + 64)
-                self.vbuf = _grow(self.vbuf, self.n, self.n + m + 64)
-            self.kbuf[:, :, self.n:self.n + m] = key_states
-            self.vbuf[:, :, self.n:self.n + m] = value_states
-            self.n += m
-            self._views()
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.n
-
-    return BufferLayer
-
-
-def _grow(buf, n: int, cap: int):
-    new = buf.new_empty(*buf.shape[:2], cap, buf.shape[3])
-    new[:, :, :n] = buf[:, :, :n]
-    return new
-
-
-_BufferLayer = None
-
-SPLIT_ATTENTION = "glmtune_prefix_split"
-
-
-def _prefix_split_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention for prefilling the rest of a prompt after a cached prefix (batch of one, no padding, CPU).
-
-    transformers would build a [q, past + q] mask, and masked SDPA on CPU computes every block of it
-    (half of them fully masked). Instead: all new queries over the past keys (no mask), plus the new
-    queries over the new keys (is_causal, which skips the masked half), merged with the two
-    log-sum-exps: exactly softmax over the union, i.e. what one causal prefill computes, in fewer FLOPs.
-    """
-    import torch
-
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    b, heads, q, d = query.shape
-    kv_heads, past = key.shape[1], key.shape[2] - q
-    rep = heads // kv_heads
-    # new queries x past keys: no mask, so the query heads of one KV group can share it as one sequence
-    o1, l1 = flash(query.reshape(b, kv_heads, rep * q, d), key[:, :, :past], value[:, :, :past], 0.0, False,
-                   scale=scaling)[:2]
-    kn, vn = key[:, :, past:], value[:, :, past:]
-    if rep > 1:
-        kn = kn[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
-        vn = vn[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
-    o2, l2 = flash(query, kn, vn, 0.0, True, scale=scaling)[:2]
-    l1 = l1.reshape(b, heads, q, 1)
-    l2 = l2.reshape(b, heads, q, 1)
-    lse = torch.logaddexp(l1, l2)
-    out = o1.reshape(b, heads, q, d).float() * torch.exp(l1 - lse) + o2.float() * torch.exp(l2 - lse)
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None
-
-
-@contextlib.contextmanager
-def _split_attention(model, on: bool):
-    """Run `model` with _prefix_split_attention (and no mask built) inside the block when `on`."""
-    if not on:
-        yield
-        return
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(SPLIT_ATTENTION, _prefix_split_attention)
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = SPLIT_ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
-
-
-def _new_cache(layers: list):
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    cache.layers = layers
-    return cache
+_BufferLayer = None  # built on first use (transformers is imported late)
 
 
 @dataclass
 class _Row:
     req: GenRequest
-    detok: _Detok
+    detok: Detokenizer
     n_real: int  # real tokens in this row's cache (its next position id)
     last: int  # last sampled token, fed at the next step
     generator: object | None = None
@@ -288,7 +87,7 @@ class BatchingEngine:
 
         global _BufferLayer
         if _BufferLayer is None:
-            _BufferLayer = _buffer_layer_class()
+            _BufferLayer = buffer_layer_class()
 
         self.engine, self.model, self.tok = engine, engine.model, engine.tokenizer
         self.stop_ids = set(engine.stop_ids)
@@ -423,7 +222,7 @@ class BatchingEngine:
             if req.temperature and req.temperature > 0:
                 gen = torch.Generator(device=device)
                 gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**31, ())))
-            new_rows.append(_Row(req, _Detok(self.tok, req.stop), len(req.prompt_ids), -1, gen))
+            new_rows.append(_Row(req, Detokenizer(self.tok, req.stop), len(req.prompt_ids), -1, gen))
         self._join(new_kv, new_rows)
         self._sample_and_emit(new_rows, torch.cat(logits))
 
@@ -435,7 +234,7 @@ class BatchingEngine:
         akey = self._adapter_key() if pc is not None else None
         n_hit, hit = pc.lookup(akey, ids) if pc is not None else (0, None)
         cache = DynamicCache(ddp_cache_data=hit) if hit else DynamicCache()  # copies: the entry stays intact
-        with _split_attention(self.model, bool(hit) and self._split_ok and len(ids) - n_hit > 1):
+        with split_attention(self.model, bool(hit) and self._split_ok and len(ids) - n_hit > 1):
             out = self.model(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
@@ -480,7 +279,7 @@ class BatchingEngine:
             b, pad = m.shape[0], length - m.shape[1]
             maskbuf[r:r + b, :length] = torch.nn.functional.pad(m, (pad, 0)) if pad else m
             r += b
-        self._cache, self._maskbuf, self._mask = _new_cache(layers), maskbuf, maskbuf[:, :length]
+        self._cache, self._maskbuf, self._mask = new_cache(layers), maskbuf, maskbuf[:, :length]
 
     def _join(self, new_kv: list, new_rows: list[_Row]) -> None:
         """Left-pad every cache to a common length and stack along the batch dimension."""

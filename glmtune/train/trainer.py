@@ -10,7 +10,6 @@ so a crash or Ctrl-C loses at most the steps since the last checkpoint.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass

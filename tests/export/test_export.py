@@ -8,8 +8,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import glmtune.config  # noqa: F401  (load the config package first: export.config imports it)
-
 from glmtune.export.config import ExportSection
 from glmtune.export.merge import ExportError, checkpoint_keys
 from glmtune.export.pipeline import export_run

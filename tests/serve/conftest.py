@@ -3,8 +3,6 @@ changes the answers), loaded once; apps started on 127.0.0.1 in a background uvi
 
 import pytest
 
-import glmtune.config  # noqa: F401  (config first: the section modules import it)
-
 
 def make_adapter(base_path, out, seed: int):
     import torch

@@ -71,7 +71,7 @@ def _item_xml(item) -> str:
 
 
 def _sentence_ids(text: str | None, n: int) -> list[int]:
-    ids, sent, out = [], 0, []
+    ids, sent = [], 0
     for ch in text or "":
         if is_cjk(ch):
             ids.append(sent)

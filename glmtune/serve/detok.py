@@ -1,0 +1,53 @@
+"""Incremental detokenization for streaming answers."""
+
+from __future__ import annotations
+
+
+class Detokenizer:
+    """Incremental detokenizer (the prefix/read offsets of TGI and vLLM): O(1) decode per token,
+    holds back incomplete UTF-8 and anything that may be the start of a stop string."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tok, self.stop = tokenizer, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.raw = ""  # decoded so far; `text` drops the newline GLM puts after <|assistant|> (as HFEngine.stream)
+        self.sent = 0  # characters of `text` already handed out
+
+    @property
+    def text(self) -> str:
+        return self.raw.lstrip("\n")
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (text safe to send now, hit_stop_string)."""
+        self.ids.append(token)
+        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.raw += now[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+        text = self.text
+        for s in self.stop:
+            at = text.find(s, max(0, self.sent - len(s) + 1))
+            if at >= 0:
+                self.raw = self.raw[: len(self.raw) - len(text) + at]
+                return self.flush(), True
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        return self._emit(len(text) - hold), False
+
+    def _emit(self, upto: int) -> str:
+        upto = max(upto, self.sent)
+        piece, self.sent = self.text[self.sent:upto], upto
+        return piece
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def finish(self, hit_stop_string: bool) -> str:
+        """Final text from one full decode (the windowed decode can lag at the very end), then flush.
+        A trailing incomplete character is dropped rather than sent as U+FFFD."""
+        if not hit_stop_string:
+            full = self.tok.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
+            if full.lstrip("\n").startswith(self.text):  # never take back text already sent
+                self.raw = full
+        return self.flush()
