@@ -27,28 +27,23 @@ def _clean(x) -> float | None:
 
 
 def dimension_stats(y_true: list[int], y_pred: list[int | None]) -> dict:
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import cohen_kappa_score
+    """Agreement on one dimension; statistics come from `glmtune.evaluate.agreement` (one implementation
+    for every report). Invalid answers (None) are misses in `exact`; the other statistics use valid pairs."""
+    from glmtune.evaluate import agreement as ag
 
     pairs = [(t, p) for t, p in zip(y_true, y_pred) if p is not None]
-    n = len(y_true)
-    out = {"n": n, "n_valid": len(pairs), "exact": _clean(sum(t == p for t, p in pairs) / n) if n else None}
     t, p = [a for a, _ in pairs], [b for _, b in pairs]
-    out["mae"] = _clean(sum(abs(a - b) for a, b in pairs) / len(pairs)) if pairs else None
-    varied = len(pairs) >= 2 and len(set(t)) > 1 and len(set(p)) > 1
-    out["pearson"] = _clean(pearsonr(t, p).statistic) if varied else None
-    out["spearman"] = _clean(spearmanr(t, p).statistic) if varied else None
-    if len(pairs) >= 2 and (len(set(t)) > 1 or len(set(p)) > 1):
-        out["qwk"] = _clean(cohen_kappa_score(t, p, weights="quadratic", labels=list(SCALE)))
-    else:
-        out["qwk"] = None  # kappa is 0/0 when both sides use a single category
-    idx = {v: i for i, v in enumerate(SCALE)}
-    cm = [[0] * len(SCALE) for _ in SCALE]
-    for a, b in pairs:
-        if a in idx and b in idx:
-            cm[idx[a]][idx[b]] += 1
-    out["confusion"] = cm
-    return out
+    cm = ag.confusion(t, p, labels=list(SCALE))
+    return {
+        "n": len(y_true),
+        "n_valid": len(pairs),
+        "exact": _clean(ag.exact_match(y_true, y_pred)),
+        "mae": _clean(ag.mae(t, p)),
+        "pearson": _clean(ag.pearson(t, p)),
+        "spearman": _clean(ag.spearman(t, p)),
+        "qwk": _clean(ag.qwk(t, p, labels=list(SCALE))) if len(pairs) >= 2 else None,
+        "confusion": cm.matrix if cm else [[0] * len(SCALE) for _ in SCALE],
+    }
 
 
 def score_answers(answers: list[str | None], labels: list[dict[str, int]],
