@@ -32,35 +32,3 @@ class ScriptedEngine:
 def scripted():
     """`scripted(answer_fn, fail_after=None)` -> ScriptedEngine."""
     return ScriptedEngine
-
-
-@pytest.fixture
-def serve_app():
-    """`serve_app(app) -> base_url`: uvicorn on 127.0.0.1 and a free port, in a thread, stopped after the test."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    servers = []
-
-    def start(app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 30
-        while not server.started:
-            if time.time() > deadline or not thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.05)
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{port}/v1"
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
