@@ -176,6 +176,27 @@ def resolve_resume(cfg, out: Path) -> str | None:
 
 def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:
     """Run one training job described by `cfg`; returns the run folder and its summary."""
+    result = _train(cfg, callbacks, quiet)
+    leave_process_group()
+    return result
+
+
+def leave_process_group() -> None:
+    """Many processes: wait until rank 0 has written the run folder, then tear the process group down.
+
+    Without an explicit destroy, interpreter shutdown can free tensors still held by gloo's C++ worker threads
+    after Python is half gone; that rank dies with SIGABRT ("terminate called without an active exception")
+    and torchrun then kills rank 0 mid-write (seen in CI on the ZeRO-3 test). Only on success: after a failure
+    torchrun stops every rank anyway.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _train(cfg, callbacks, quiet: bool) -> RunResult:
     import torch
     from transformers import EarlyStoppingCallback, set_seed
 

@@ -58,6 +58,8 @@ def run_worker(dump: Path, items: list[str]):
     finally:
         collate.PadCollator.__call__ = original
     (dump / f"rank{rank}_samples.json").write_text(json.dumps(seen))
+    # train() must leave the process group itself: exiting with live gloo threads can SIGABRT a rank
+    (dump / f"rank{rank}_group_left.json").write_text(json.dumps(not torch.distributed.is_initialized()))
     return result
 
 
@@ -151,6 +153,7 @@ def check_distributed_run(tmp_path, data_file, tiny, extra=()):
         assert set(a) | set(b) == set(whole) and not set(a) & set(b), f"step {step}: ranks split differently"
     flat = [s for batch in r0 + r1 for s in batch]
     assert len(flat) == len(set(flat)) == N_SAMPLES
+    assert all(json.loads((dump / f"rank{r}_group_left.json").read_text()) for r in (0, 1))
 
     # identical weights on both ranks; the saved adapter is that weight; and it equals the 1-process run
     w0, w1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
