@@ -59,6 +59,43 @@ def _remote_prefix_encoder(model):
                          "model config before loading? (config_overrides)") from None
 
 
+def checkpoint_safe_prefix(peft_model) -> None:
+    """Let PEFT prefix tuning train under gradient checkpointing (on in every shipped 6B/9B config).
+
+    transformers' checkpointed decoder layers drop `past_key_values` (the causal mask, built outside them,
+    still counts the prefix: a shape error), and keeping it is unsafe as is: the layer appends its keys to the
+    cache, so the recomputation in backward would append them twice. In training, the prefix cache is made
+    *replayable*: a layer returns prefix + new keys without storing them, so forward and recomputation see the
+    same tensors; the layers are then allowed to keep it. Eval and generation (model.eval()) keep PEFT's own
+    growing cache.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class ReplayablePrefixLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    base_get_prompt = peft_model.get_prompt
+
+    def get_prompt(*args, **kwargs):
+        cache = base_get_prompt(*args, **kwargs)
+        if peft_model.training:
+            for layer in cache.layers:
+                if type(layer) is not DynamicLayer:
+                    raise ValueError(f"method ptuning with train.gradient_checkpointing: unsupported cache layer "
+                                     f"{type(layer).__name__} (sliding-window model?); set "
+                                     "train.gradient_checkpointing=false")
+                layer.__class__ = ReplayablePrefixLayer  # same state, non-mutating update
+        return cache
+
+    peft_model.get_prompt = get_prompt
+    for module in peft_model.get_base_model().modules():
+        if hasattr(module, "_can_checkpoint_with_cache"):
+            module._can_checkpoint_with_cache = True
+
+
 @register
 class PtuningMethod:
     name: ClassVar[str] = "ptuning"
@@ -100,6 +137,8 @@ class PtuningMethod:
         model = get_peft_model(model, peft_cfg)
         if train_cfg.precision == "pure_bf16":
             model.prompt_encoder.to(model.get_base_model().dtype)  # PEFT builds the prefix in fp32 otherwise
+        if train_cfg.gradient_checkpointing:
+            checkpoint_safe_prefix(model)
         return model
 
     def save_trained(self, model, out_dir: Path) -> None:

@@ -130,7 +130,10 @@ def measure_training(cfg, steps: int = 4, warmup: int = 1) -> Throughput:
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers' new name; the old one goes in v6
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cuda" and getattr(loaded.model, "hf_device_map", None) is None:
         model.to(dev)

@@ -84,8 +84,6 @@ def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_alpha,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=False,
@@ -94,6 +92,11 @@ def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
     )
+    # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name gone in v6)
+    ckpt = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    kwargs[ckpt] = t.gradient_checkpointing
+    kwargs[f"{ckpt}_kwargs"] = {"use_reentrant": False} if t.gradient_checkpointing else None
     if t.max_grad_norm == 0:
         kwargs["max_grad_norm"] = 0.0
     if t.eval_steps:
