@@ -100,6 +100,11 @@ class BatchingEngine:
         self._mask = None  # [B, L] 1 = real token (a view of _maskbuf)
         self._maskbuf = None  # [B, capacity]; columns past L are already 1 (filled as rows decode)
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        # P-Tuning (PEFT prompt learning): PeftModel.forward would replace our cache with its prefix, so the
+        # engine calls the base model and starts every row's cache from the learned prefix itself.
+        self._prompt_learning = bool(getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning",
+                                             False))
+        self._net = self.model.get_base_model() if self._prompt_learning else self.model
         config = getattr(self.model, "config", None)
         self._split_ok = (engine.device.type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa"
                           and not getattr(config, "sliding_window", None))
@@ -173,8 +178,10 @@ class BatchingEngine:
                         self._decode_step()
             except Exception as err:  # never let one bad batch kill the server: fail it and go on
                 self.errors += 1
-                for row in self._rows:
-                    self._finish(row.req, error=f"{type(err).__name__}: {err}")
+                # the running rows and the ones being admitted (not joined yet if prefill failed): none may hang
+                for req in [row.req for row in self._rows] + admitted:
+                    if req.finish_reason is None:
+                        self._finish(req, error=f"{type(err).__name__}: {err}")
                 self._rows, self._cache, self._mask, self._maskbuf = [], None, None, None
         for req in list(self._waiting) + [r.req for r in self._rows]:
             self._finish(req, error="the engine is shutting down")
@@ -222,7 +229,8 @@ class BatchingEngine:
             if req.temperature and req.temperature > 0:
                 gen = torch.Generator(device=device)
                 gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**31, ())))
-            new_rows.append(_Row(req, Detokenizer(self.tok, req.stop), len(req.prompt_ids), -1, gen))
+            # next position = every cached position (P-Tuning's virtual ones included, as in training)
+            new_rows.append(_Row(req, Detokenizer(self.tok, req.stop), kv[0][0].shape[2], -1, gen))
         self._join(new_kv, new_rows)
         self._sample_and_emit(new_rows, torch.cat(logits))
 
@@ -231,17 +239,28 @@ class BatchingEngine:
         from transformers import DynamicCache
 
         ids, pc = req.prompt_ids, self.prefix_cache
+        virtual = self._virtual_prefix()  # P-Tuning's learned positions, ahead of every prompt
+        n_virtual = virtual[0][0].shape[2] if virtual else 0
         akey = self._adapter_key() if pc is not None else None
         n_hit, hit = pc.lookup(akey, ids) if pc is not None else (0, None)
-        cache = DynamicCache(ddp_cache_data=hit) if hit else DynamicCache()  # copies: the entry stays intact
-        with split_attention(self.model, bool(hit) and self._split_ok and len(ids) - n_hit > 1):
-            out = self.model(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        start = hit or virtual
+        cache = DynamicCache(ddp_cache_data=start) if start else DynamicCache()  # copies: the entry stays intact
+        with split_attention(self.model, bool(start) and self._split_ok and len(ids) - n_hit > 1):
+            out = self._net(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         req.cached_tokens = n_hit
         if pc is not None and n_hit < req.prefix_len < len(ids):
-            pc.store(akey, ids[:req.prefix_len], kv)
+            pc.store(akey, ids[:req.prefix_len], kv, offset=n_virtual)
         return kv, out.logits[:, -1].float()
+
+    def _virtual_prefix(self) -> list | None:
+        """Per-layer (keys, values) [1, kv_heads, P, dim] of the active P-Tuning prefix; None otherwise."""
+        if not self._prompt_learning or self._adapter == BASE:
+            return None
+        prompt = self.model.get_prompt(batch_size=1)
+        layers = prompt.layers if hasattr(prompt, "layers") else prompt  # a Cache, or legacy (k, v) per layer
+        return [(layer.keys, layer.values) if hasattr(layer, "keys") else (layer[0], layer[1]) for layer in layers]
 
     def _spare(self, rows: list[_Row]) -> int:
         """Cache columns to reserve for decoding: the rows' remaining token budgets (regrown if exceeded)."""
@@ -300,8 +319,8 @@ class BatchingEngine:
         ids = torch.tensor([[r.last] for r in self._rows], device=device)
         pos = torch.tensor([[r.n_real] for r in self._rows], device=device)
         self._mask = self._maskbuf[:, :length + 1]
-        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=pos, past_key_values=self._cache,
-                         use_cache=True)
+        out = self._net(input_ids=ids, attention_mask=self._mask, position_ids=pos, past_key_values=self._cache,
+                        use_cache=True)
         for r in self._rows:
             r.n_real += 1
         self._sample_and_emit(self._rows, out.logits[:, -1].float())

@@ -39,8 +39,9 @@ class PrefixCache:
         self.hit_tokens += len(best[1])
         return len(best[1]), self._entries[best]
 
-    def store(self, adapter, prefix: list[int], kv: list) -> bool:
-        """Keep the first len(prefix) positions of `kv` (per layer (keys, values), batch of one)."""
+    def store(self, adapter, prefix: list[int], kv: list, offset: int = 0) -> bool:
+        """Keep the first offset + len(prefix) positions of `kv` (per layer (keys, values), batch of one);
+        `offset` = positions ahead of the tokens (P-Tuning's virtual prefix), kept with them."""
         n = len(prefix)
         if n < self.min_tokens or n > self.max_tokens:
             return False
@@ -48,7 +49,7 @@ class PrefixCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return False
-        self._entries[key] = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in kv]
+        self._entries[key] = [(k[:, :, :offset + n].clone(), v[:, :, :offset + n].clone()) for k, v in kv]
         self.tokens += n
         while self.tokens > self.max_tokens:
             (_, old), _ = self._entries.popitem(last=False)
