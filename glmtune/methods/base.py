@@ -8,47 +8,57 @@ where that is possible (`merge` returns None when it is not, e.g. prefix tuning)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from glmtune.config.base import Section
 
 
-class Method(Protocol):
+class Method:
+    """Base of every method: the hooks most methods leave alone have their defaults here."""
+
     name: ClassVar[str]
     config_cls: ClassVar[type[Section]]
     artifact: ClassVar[str]  # run-folder subfolder holding what was trained: "adapter" or "model"
     freezes_base: ClassVar[bool]  # True when base weights stay frozen (they may then be loaded in half precision)
+    merge_unsupported_reason: ClassVar[str | None] = None  # None when `merge` works
 
     def quantization(self, cfg, train_cfg) -> Any | None:
         """A transformers quantization config for loading the base, or None."""
+        return None
 
     def config_overrides(self, cfg, family) -> dict:
         """Model-config values to set before the base is built (e.g. ChatGLM's `pre_seq_len`); {} for none."""
+        return {}
 
     def param_groups(self, model, cfg, train_cfg) -> list[dict] | None:
         """Optimizer param groups (each with its own lr / weight_decay), or None for the Trainer's default."""
+        return None
 
     def prepare(self, loaded, cfg, train_cfg) -> Any:
         """Return the model to train (frozen / wrapped / quantised as the method requires)."""
+        raise NotImplementedError
 
     def save_trained(self, model, out_dir: Path) -> None:
         """Write what was trained (adapter or weights) into out_dir."""
+        raise NotImplementedError
 
     def load_trained(self, loaded, trained_dir: Path, cfg) -> Any:
         """Return `loaded.model` with the trained part from trained_dir applied, ready for inference."""
+        raise NotImplementedError
 
     def merge(self, model) -> Any | None:
         """Return a plain transformers model with the trained part folded in, or None if impossible
         (then `merge_unsupported_reason` says why, for the export stage to print)."""
-
-    merge_unsupported_reason: ClassVar[str | None]  # None when `merge` works
+        raise NotImplementedError
 
 
 REGISTRY: dict[str, Method] = {}
 
 
 def register(cls):
-    """Class decorator: `@register` on a Method class with `name` and `config_cls`."""
+    """Class decorator: `@register` on a Method subclass with `name` and `config_cls`."""
+    if not issubclass(cls, Method):
+        raise TypeError(f"{cls.__name__} must subclass glmtune.methods.base.Method")
     if cls.name in REGISTRY:
         raise ValueError(f"method {cls.name!r} registered twice")
     tag = cls.config_cls.model_fields["name"].default

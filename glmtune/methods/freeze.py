@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from glmtune.config.base import Section
-from glmtune.methods.base import register
+from glmtune.methods.base import Method, register
 
 
 class FreezeConfig(Section):
@@ -74,23 +74,13 @@ def apply_freeze(model, cfg: FreezeConfig) -> list[str]:
 
 
 @register
-class FreezeMethod:
+class FreezeMethod(Method):
     name: ClassVar[str] = "freeze"
     config_cls: ClassVar[type[Section]] = FreezeConfig
     artifact: ClassVar[str] = "model"
     # Frozen weights could live in half precision, but then trained (fp32) and frozen (half) layers would
     # mix dtypes outside autocast (generation after training); we keep one dtype and let autocast do mixed.
     freezes_base: ClassVar[bool] = False
-    merge_unsupported_reason: ClassVar[str | None] = None
-
-    def quantization(self, cfg, train_cfg):
-        return None
-
-    def config_overrides(self, cfg, family) -> dict:
-        return {}
-
-    def param_groups(self, model, cfg, train_cfg):
-        return None
 
     def prepare(self, loaded, cfg, train_cfg):
         apply_freeze(loaded.model, cfg)

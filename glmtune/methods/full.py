@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from glmtune.config.base import Section
-from glmtune.methods.base import register
+from glmtune.methods.base import Method, register
 
 
 class FullConfig(Section):
@@ -55,21 +55,11 @@ def load_weights_into(model, folder: Path) -> None:
 
 
 @register
-class FullMethod:
+class FullMethod(Method):
     name: ClassVar[str] = "full"
     config_cls: ClassVar[type[Section]] = FullConfig
     artifact: ClassVar[str] = "model"
     freezes_base: ClassVar[bool] = False
-    merge_unsupported_reason: ClassVar[str | None] = None
-
-    def quantization(self, cfg, train_cfg):
-        return None
-
-    def config_overrides(self, cfg, family) -> dict:
-        return {}
-
-    def param_groups(self, model, cfg, train_cfg):
-        return None
 
     def prepare(self, loaded, cfg, train_cfg):
         for p in loaded.model.parameters():

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from glmtune.config.base import Section
-from glmtune.methods.base import decay_groups, register
+from glmtune.methods.base import Method, decay_groups, register
 
 
 class LoraConfig(Section):
@@ -80,19 +80,12 @@ def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", traina
 
 
 @register
-class LoraMethod:
+class LoraMethod(Method):
     name: ClassVar[str] = "lora"
     config_cls: ClassVar[type[Section]] = LoraConfig
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
 
-    merge_unsupported_reason: ClassVar[str | None] = None
-
-    def quantization(self, cfg, train_cfg):
-        return None
-
-    def config_overrides(self, cfg, family) -> dict:
-        return {}
 
     def param_groups(self, model, cfg, train_cfg):
         return loraplus_groups(model, cfg, train_cfg)

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from glmtune.config.base import Section
-from glmtune.methods.base import register
+from glmtune.methods.base import Method, register
 
 MERGE_REASON = (
     "P-Tuning v2 adds learned key/value positions in front of every attention layer; no change to the "
@@ -97,23 +97,17 @@ def checkpoint_safe_prefix(peft_model) -> None:
 
 
 @register
-class PtuningMethod:
+class PtuningMethod(Method):
     name: ClassVar[str] = "ptuning"
     config_cls: ClassVar[type[Section]] = PtuningConfig
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
     merge_unsupported_reason: ClassVar[str | None] = MERGE_REASON
 
-    def quantization(self, cfg, train_cfg):
-        return None
-
     def config_overrides(self, cfg, family) -> dict:
         if remote_prefix(family):
             return {"pre_seq_len": cfg.pre_seq_len, "prefix_projection": cfg.prefix_projection}
         return {}
-
-    def param_groups(self, model, cfg, train_cfg):
-        return None
 
     def prepare(self, loaded, cfg, train_cfg):
         if getattr(train_cfg, "packing", False):

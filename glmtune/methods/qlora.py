@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from glmtune.methods.base import register
+from glmtune.methods.base import Method, register
 from glmtune.methods.lora import LoraConfig, load_adapter, loraplus_groups, wrap_with_lora
 
 
@@ -135,18 +135,14 @@ def merge_dequantized(peft_model):
 
 
 @register
-class QloraMethod:
+class QloraMethod(Method):
     name: ClassVar[str] = "qlora"
     config_cls: ClassVar[type] = QloraConfig
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
-    merge_unsupported_reason: ClassVar[str | None] = None
 
     def quantization(self, cfg, train_cfg):
         return bnb_config(cfg, compute_dtype(cfg, train_cfg.precision))
-
-    def config_overrides(self, cfg, family) -> dict:
-        return {}
 
     def param_groups(self, model, cfg, train_cfg):
         return loraplus_groups(model, cfg, train_cfg)
