@@ -87,10 +87,11 @@ class FieldSpec:
     def builtin(cls, name: str) -> FieldSpec:
         if name != "oral":
             raise ValueError(f"unknown built-in field spec {name!r}; built-in: oral (or give a YAML file)")
-        # The answer line of seed 000: five sub-scores banded 1..5, completeness, and a comment.
+        # The answer line of seed 000: six sub-scores banded 1..5 (完整度 too: the rubric bands it 5/3/1 like
+        # the others) and a comment; the same contract as tasks/oral_reading/answer.py.
         bands = tuple(range(1, 6))
-        return cls("oral", tuple(Field(n, "int", bands) for n in ("语速", "停顿", "声母", "韵母", "声调"))
-                   + (Field("完整度", "int"), Field("评语", "str")))
+        return cls("oral", tuple(Field(n, "int", bands) for n in ("语速", "停顿", "声母", "韵母", "声调", "完整度"))
+                   + (Field("评语", "str"),))
 
     @classmethod
     def from_dict(cls, d: dict, default_name: str = "custom") -> FieldSpec:

@@ -95,5 +95,16 @@ def test_predictions_file_with_invalid_lines(tmp_path):
     assert sp["confusion"]["labels"] == [1, 2, 3, 4, 5]
     assert sp["confusion"]["matrix"][0][1] == 1 and sum(map(sum, sp["confusion"]["matrix"])) == 3
     assert s["fields"]["评语"]["exact_match"] == pytest.approx(3 / 6) and "qwk" not in s["fields"]["评语"]
-    assert s["fields"]["完整度"]["confusion"]["labels"] == [4, 5]   # no allowed list: observed labels
+    assert s["fields"]["完整度"]["confusion"]["labels"] == [1, 2, 3, 4, 5]
+    # a field without an allowed list: the confusion matrix is over the observed labels
+    open_spec = FieldSpec.from_dict({"fields": [{"name": "完整度", "type": "int"}]})
+    o = score_fields([p.split("评语")[0] for p in preds], [r.split("评语")[0] for r in refs], open_spec)
+    assert o["fields"]["完整度"]["confusion"]["labels"] == [4, 5]
     assert [x["valid"] for x in s["per_sample"]] == [True, True, True, False, False, False]
+
+
+def test_oral_spec_bands_completeness_like_the_task_parser():
+    from glmtune.tasks.oral_reading.answer import parse_answer as task_parse
+
+    for text in ("语速:3;停顿:4;声母:5;韵母:2;声调:1;完整度:5;评语:好", "语速:3;停顿:4;声母:5;韵母:2;声调:1;完整度:7;评语:好"):
+        assert parse_answer(text, ORAL).valid == (task_parse(text)[0] is not None), text
