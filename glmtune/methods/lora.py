@@ -86,7 +86,6 @@ class LoraMethod(Method):
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
 
-
     def param_groups(self, model, cfg, train_cfg):
         return loraplus_groups(model, cfg, train_cfg)
 
