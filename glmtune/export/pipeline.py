@@ -171,6 +171,11 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
                     f"{verify['tolerance']:.3g}, or the exported tokenizer renders prompts differently "
                     f"(details in {failed}). Nothing was written to {out}."
                 )
+    if verify and "vs_quantized_training_model" in verify:
+        q = verify["vs_quantized_training_model"]
+        log(f"export: merged into the full-precision base; against the 4-bit model the run trained on: "
+            f"max |Δlogit| {q['max_abs_diff']:.3g}, top-1 agreement "
+            f"{min(q['top1_agreement']):.0%}-{max(q['top1_agreement']):.0%} (the base's quantisation error)")
     log(f"export: wrote {out} in {report['seconds']} s"
         + (f"; verified: max |Δlogit| {verify['max_abs_diff']:.2e} <= {verify['tolerance']:.1e}" if verify else ""))
     return ExportResult(out, report, verify)

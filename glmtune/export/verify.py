@@ -57,9 +57,18 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, tolerance: float 
     engine = HFEngine.from_run(run_dir)
     trust = bool(getattr(engine.model.config, "auto_map", None))
     run_ids = [engine.prompt_ids(m) for m in prompts]
-    ref = _logits(engine.model.to(device), run_ids, device)
+    quantized = _loaded_quantized(engine.model)
+    ref = _logits(engine.model if quantized else engine.model.to(device), run_ids, device)
     del engine
     gc.collect()
+    trained = None
+    if quantized:
+        # QLoRA: the export merges the adapter into the full-precision checkpoint (how QLoRA is deployed), so
+        # that is the reference the merge must match; the 4-bit model it trained on differs from it by the
+        # base's quantisation error, reported below, not judged.
+        trained = ref
+        ref = _logits(_full_precision_reference(run_dir).to(device), run_ids, device)
+        gc.collect()
 
     tok = AutoTokenizer.from_pretrained(str(export_dir), trust_remote_code=trust)
     export_ids = [chat_ids(tok, m, add_generation_prompt=True) for m in prompts]
@@ -74,6 +83,12 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, tolerance: float 
     max_ref = max(float(a.abs().max()) for a in ref)
     tol = tolerance if tolerance is not None else default_tolerance(dtype_name, max_ref)
     ids_equal = export_ids == run_ids
+    extra = {}
+    if trained is not None:
+        extra["vs_quantized_training_model"] = {
+            "max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(trained, got)),
+            "top1_agreement": [float((a.argmax(-1) == b.argmax(-1)).float().mean()) for a, b in zip(trained, got)],
+        }
     return {
         "passed": bool(max(diffs) <= tol and ids_equal),
         "max_abs_diff": max(diffs),
@@ -85,5 +100,26 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, tolerance: float 
         "prompt_ids_equal": ids_equal,
         "prompts": prompts,
         "prompt_tokens": [len(p) for p in run_ids],
-        "compared": "merged (AutoModelForCausalLM.from_pretrained, float32) vs run base + trained part",
+        "compared": "merged (AutoModelForCausalLM.from_pretrained, float32) vs run base + trained part"
+                    + (" (base in full precision; the run trained on it quantised)" if trained is not None else ""),
+        **extra,
     }
+
+
+def _loaded_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _full_precision_reference(run_dir: Path):
+    """The run's adapter on its base loaded unquantised in float32 (what a QLoRA export computes)."""
+    import json
+
+    from glmtune.config.schema import ModelSection
+    from glmtune.methods.lora import load_adapter
+    from glmtune.models.load import load
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "method.json").read_text())
+    loaded = load(ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
+                               dtype="float32"))
+    return load_adapter(loaded.model, run_dir / meta["artifact"]).eval()

@@ -166,3 +166,26 @@ def test_unmergeable_method_stops_with_reason(run_factory, tmp_path):
     with pytest.raises(ExportError, match="cannot be merged"):
         export_run(run, ExportSection(), out_dir=tmp_path / "p", log=lambda *_: None)
     assert not (tmp_path / "p").exists()
+
+
+def test_qlora_export_merges_into_the_full_precision_base(run_factory, tmp_path):
+    """A QLoRA adapter is merged into the full-precision checkpoint and verified against that base + adapter;
+    the gap to the 4-bit model it trained on (the base's quantisation error) is reported, not judged."""
+    from transformers import AutoModelForCausalLM
+
+    from glmtune.export.verify import _full_precision_reference
+
+    run = run_factory("qlora", "method.name=qlora", "method.rank=4")
+    lines = []
+    res = export_run(run, ExportSection(size="1MB"), out_dir=tmp_path / "q", log=lines.append)
+    verify = json.loads((res.out_dir / "verify.json").read_text())
+    assert verify["passed"] and verify["max_abs_diff"] <= 1e-3
+    drift = verify["vs_quantized_training_model"]
+    assert drift["max_abs_diff"] > 10 * verify["max_abs_diff"]  # NF4 moves the logits: the reference matters
+    assert any("4-bit model the run trained on" in line for line in lines)
+
+    ids = torch.tensor([[3, 10, 20, 30, 40, 50]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(res.out_dir, dtype=torch.float32)(ids).logits
+        reference = _full_precision_reference(run)(input_ids=ids).logits
+    assert float((merged - reference).abs().max()) < 1e-4
