@@ -30,18 +30,33 @@ VERBS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glmtune", description=__import__("glmtune").__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.verb_parsers = {}
     for verb, module_name in VERBS.items():
         if importlib.util.find_spec(module_name) is None:
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_module=module)
+        p.set_defaults(_module=module, verb=verb)
+        parser.verb_parsers[verb] = p
     return parser
 
 
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """Flags may sit anywhere among the positionals: `glmtune train cfg.yaml --nproc 2 train.lr=1e-4` keeps
+    `train.lr=1e-4` as an override (plain argparse stops collecting positionals at the first flag)."""
+    parser = build_parser()
+    verb_parser = parser.verb_parsers.get(argv[0]) if argv else None
+    if verb_parser is None:
+        return parser.parse_args(argv)  # --help, no verb, an unknown verb: argparse says what is wrong
+    try:
+        return verb_parser.parse_intermixed_args(argv[1:])
+    except TypeError:  # verbs with sub-commands (eval compare, oral build, ...): argparse cannot intermix those
+        return verb_parser.parse_args(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(sys.argv[1:] if argv is None else list(argv))
     from glmtune.config.load import ConfigError
 
     try:
