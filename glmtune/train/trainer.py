@@ -57,8 +57,8 @@ def load_for_training(cfg):
                         config_overrides=method.config_overrides(cfg.method, family))
 
 
-def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
-    """The one place our TrainSection becomes HF TrainingArguments."""
+def training_arguments(cfg, out: Path, n_train: int, world: int = 1, has_val: bool = True):
+    """The one place our TrainSection becomes HF TrainingArguments (`has_val`: a validation split exists)."""
     import torch
     from transformers import TrainingArguments
 
@@ -99,7 +99,7 @@ def training_arguments(cfg, out: Path, n_train: int, world: int = 1):
     kwargs[f"{ckpt}_kwargs"] = {"use_reentrant": False} if t.gradient_checkpointing else None
     if t.max_grad_norm == 0:
         kwargs["max_grad_norm"] = 0.0
-    if t.eval_steps:
+    if t.eval_steps and has_val:
         kwargs.update(eval_strategy="steps", eval_steps=t.eval_steps)
         if t.early_stopping_patience:
             kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
@@ -238,7 +238,15 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     _say(f"method {cfg.method.name}: {summary_params['trainable']:,} trainable of {summary_params['total']:,} "
          f"parameters ({summary_params['percent']}%)", quiet, rank)
 
-    args = training_arguments(cfg, out, len(data.train), world)
+    if cfg.train.eval_steps and not data.val:
+        needs = [k for k, on in (("train.scheduler=reduce_lr_on_plateau", cfg.train.scheduler == "reduce_lr_on_plateau"),
+                                 ("train.early_stopping_patience", bool(cfg.train.early_stopping_patience))) if on]
+        if needs:
+            raise ValueError(f"{' and '.join(needs)} need(s) a validation split, and there is none: set "
+                             "data.validation=FILE or data.val_size (a count or a fraction of data.train)")
+        _say(f"train.eval_steps={cfg.train.eval_steps} but there is no validation split (data.validation unset, "
+             "data.val_size=0): no evaluation will run", quiet, rank)
+    args = training_arguments(cfg, out, len(data.train), world, has_val=bool(data.val))
     Trainer = make_trainer_class()
     cbs = [MetricsJsonl(out / "metrics.jsonl"), *callbacks]
     if cfg.train.early_stopping_patience:

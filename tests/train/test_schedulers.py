@@ -122,3 +122,18 @@ def test_neftune_noise_is_on_during_training_and_eval_every_n_steps(tmp_path):
     res = train(cfg, callbacks=[probe], quiet=True)
     assert probe.noisy
     assert [r["step"] for r in read_metrics(res.run_dir / "metrics.jsonl") if "eval_loss" in r][:2] == [2, 4]
+
+
+def test_eval_steps_without_a_validation_split(tmp_path, capsys):
+    """A config with eval_steps (every shipped one) on data without a validation split trains and says that
+    no evaluation runs; a setting that needs eval loss stops with what to set instead of HF's error."""
+    train_f = _write(tmp_path / "t.jsonl", _rows(8, lambda i: f"答案{i}"))
+    common = [f"data.train={train_f}", "data.val_size=0", "train.max_steps=2", "train.eval_steps=1",
+              "train.resume=never", "train.save_steps=1000", "plan.strict=false"]
+    res = train(load_config(None, [*common, f"train.output_dir={tmp_path / 'a'}"]))
+    assert res.summary["steps"] == 2 and res.summary["eval_loss"] is None
+    assert "no evaluation will run" in capsys.readouterr().out
+    assert not [r for r in read_metrics(res.run_dir / "metrics.jsonl") if "eval_loss" in r]
+    with pytest.raises(ValueError, match="data.val_size"):
+        train(load_config(None, [*common, "train.early_stopping_patience=2", f"train.output_dir={tmp_path / 'b'}"]),
+              quiet=True)
