@@ -57,13 +57,13 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(sys.argv[1:] if argv is None else list(argv))
-    from glmtune.config.load import ConfigError
+    from glmtune.errors import GlmtuneError
 
     try:
         return int(args._module.run(args) or 0)
-    except ConfigError as err:
+    except GlmtuneError as err:  # ConfigError and every other error glmtune raises on purpose
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -44,3 +44,24 @@ def tiny_glm_any(request):
     from glmtune.models.tiny import ensure_tiny
 
     return ensure_tiny(request.param)
+
+
+@pytest.fixture(scope="session")
+def cache_free_greedy():
+    """Reference greedy decoding with no KV cache: every step re-runs the whole sequence through `net`
+    (for a PEFT prefix model, `PeftModel.forward` prepends the learned prefix each time). Returns the new
+    token ids, stopping before any of `stop_ids`."""
+    import torch
+
+    @torch.no_grad()
+    def decode(net, ids: list[int], stop_ids, n: int) -> list[int]:
+        seq, out = torch.tensor([ids]), []
+        for _ in range(n):
+            nxt = int(net(input_ids=seq, use_cache=False).logits[0, -1].argmax())
+            if nxt in stop_ids:
+                break
+            out.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], 1)
+        return out
+
+    return decode

@@ -9,9 +9,10 @@ import yaml
 from pydantic import ValidationError
 
 from glmtune.config.schema import RunConfig
+from glmtune.errors import GlmtuneError
 
 
-class ConfigError(ValueError):
+class ConfigError(GlmtuneError, ValueError):
     """A config problem, phrased for the user (file, key path, what is wrong)."""
 
 

@@ -58,40 +58,22 @@ class GenerationEvalCallback(TrainerCallback):
         self.trainer = trainer
         return self
 
-    def _stop_ids(self, model) -> list[int]:
-        from glmtune.models.families import family_of
-        from glmtune.models.load import stop_token_ids
-
-        return stop_token_ids(self.tokenizer, family_of(getattr(model.config, "model_type", None)))
-
     def generate(self, model) -> list[str]:
-        """Greedy answers of `model` (as it is now) for the validation prompts, left-padded in one batch."""
-        import torch
+        """Greedy answers of `model` (as it is now) for the validation prompts.
 
-        from glmtune.data.render import chat_ids
+        Through the serving engine (same rendering as training, same stop ids, and the one generation path
+        that keeps a P-Tuning prefix: transformers' generate() drops PEFT's prefix from 5.24 on)."""
+        from glmtune.models.families import family_of
+        from glmtune.serve.engine import HFEngine
 
-        tok = self.tokenizer
-        # Same rendering as training and HFEngine (the tokenizer's own chat template), left-padded so
-        # every prompt ends at the right edge where generation continues.
-        prompts = [chat_ids(tok, p, add_generation_prompt=True) for p in self.prompts]
-        width = max(map(len, prompts))
-        device = next(model.parameters()).device
-        enc = {"input_ids": torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=device),
-               "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)}
         was_training = model.training
-        model.eval()
+        engine = HFEngine(model, self.tokenizer, family_of(getattr(model.config, "model_type", None)))
         try:
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
-                                     eos_token_id=self._stop_ids(model), pad_token_id=tok.pad_token_id)
+            outs = engine.generate(self.prompts, max_new_tokens=self.max_new_tokens, temperature=0.0)
         finally:
+            engine.close()
             model.train(was_training)
-        stops = set(self._stop_ids(model))
-        texts = []
-        for row in out[:, width:].tolist():
-            cut = next((j for j, t in enumerate(row) if t in stops), len(row))
-            texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-        return texts
+        return [c.text for c in outs]
 
     def measure(self, model) -> dict:
         """Generate and score; returns the log dict (also usable outside training)."""

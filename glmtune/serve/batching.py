@@ -105,6 +105,7 @@ class BatchingEngine:
         self._prompt_learning = bool(getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning",
                                              False))
         self._net = self.model.get_base_model() if self._prompt_learning else self.model
+        self._cache_kw = cache_kwarg(self.model)
         config = getattr(self.model, "config", None)
         self._split_ok = (engine.device.type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa"
                           and not getattr(config, "sliding_window", None))
@@ -247,7 +248,7 @@ class BatchingEngine:
         cache = DynamicCache(ddp_cache_data=start) if start else DynamicCache()  # copies: the entry stays intact
         with split_attention(self.model, bool(start) and self._split_ok and len(ids) - n_hit > 1):
             out = self._net(input_ids=self._torch.tensor([ids[n_hit:]], device=self.engine.device),
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         req.cached_tokens = n_hit
         if pc is not None and n_hit < req.prefix_len < len(ids):
@@ -319,8 +320,8 @@ class BatchingEngine:
         ids = torch.tensor([[r.last] for r in self._rows], device=device)
         pos = torch.tensor([[r.n_real] for r in self._rows], device=device)
         self._mask = self._maskbuf[:, :length + 1]
-        out = self._net(input_ids=ids, attention_mask=self._mask, position_ids=pos, past_key_values=self._cache,
-                        use_cache=True)
+        out = self._net(input_ids=ids, attention_mask=self._mask, position_ids=pos, use_cache=True,
+                        **{self._cache_kw: self._cache})
         for r in self._rows:
             r.n_real += 1
         self._sample_and_emit(self._rows, out.logits[:, -1].float())
@@ -381,6 +382,20 @@ class BatchingEngine:
         self.served += 1
         if req.sink:
             req.sink(("error", error) if error else ("done", req.finish_reason))
+
+
+def cache_kwarg(model) -> str:
+    """The forward() keyword that takes a KV cache: `cache` from transformers 5.24 on (where `past_key_values`
+    is deprecated, and ignored whenever generate() also passes `cache`), `past_key_values` before it and in
+    remote-code models."""
+    import inspect
+
+    net = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from glmtune.errors import GenerationError
+
 
 @dataclass
 class Completion:
@@ -25,6 +27,11 @@ class Completion:
 
 class TemplateMismatch(ValueError):
     pass
+
+
+def is_prompt_learning(model) -> bool:
+    """A PEFT prompt-learning model (P-Tuning v2 prefix) with its prompt active."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
 
 
 def check_template(tokenizer, meta: dict, run_dir: Path) -> None:
@@ -53,6 +60,12 @@ class HFEngine:
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()  # one generate() at a time on this model; the batching engine batches
         self._torch = torch
+        # P-Tuning / prompt learning: transformers' generate() cannot be trusted with PEFT's prefix (5.24 passes
+        # its own `cache=` and drops PEFT's `past_key_values`, so the answer is the base model's). Such models
+        # generate through the batching engine, which starts every row's cache from the learned prefix itself:
+        # one generation path for prefix methods, the one `serve` uses.
+        self.prompt_learning = is_prompt_learning(model)
+        self._batcher = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -123,16 +136,21 @@ class HFEngine:
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, batch: list[list[dict]], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0) -> list[Completion]:
-        """Answer several prompts at once (left-padded static batch)."""
+        """Answer several prompts at once (left-padded static batch). A model error raises GenerationError."""
         torch = self._torch
         prompts = [self.prompt_ids(m) for m in batch]
+        if self.prompt_learning:
+            return self._generate_batched(prompts, max_new_tokens, temperature, top_p)
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        with self.lock, torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask,
-                                      **self._gen_kwargs(max_new_tokens, temperature, top_p))
+        try:
+            with self.lock, torch.inference_mode():
+                out = self.model.generate(input_ids=ids, attention_mask=mask,
+                                          **self._gen_kwargs(max_new_tokens, temperature, top_p))
+        except Exception as err:
+            raise GenerationError(f"generation failed in {self.name}: {type(err).__name__}: {err}") from err
         results = []
         for i, p in enumerate(prompts):
             new = out[i, width:].tolist()
@@ -141,13 +159,17 @@ class HFEngine:
                 new, reason = new[:stop_at], "stop"
             else:
                 reason = "length" if len(new) >= max_new_tokens else "stop"
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            # a trailing incomplete UTF-8 character is dropped, as the batching engine and streaming do
+            text = self.tokenizer.decode(new, skip_special_tokens=True).rstrip("\ufffd")
             results.append(Completion(text.strip(), len(p), len(new) + (1 if reason == "stop" else 0), reason))
         return results
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0) -> Iterator[str]:
-        """Yield text pieces as they are generated."""
+        """Yield text pieces as they are generated. A model error raises GenerationError (never a hang)."""
+        if self.prompt_learning:
+            yield from self._stream_batched(self.prompt_ids(messages), max_new_tokens, temperature, top_p)
+            return
         from transformers import TextIteratorStreamer
 
         torch = self._torch
@@ -155,10 +177,15 @@ class HFEngine:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                       **self._gen_kwargs(max_new_tokens, temperature, top_p))
+        failure: list[BaseException] = []
 
         def work():
-            with self.lock, torch.inference_mode():
-                self.model.generate(**kwargs)
+            try:
+                with self.lock, torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as err:  # the consumer waits on the streamer: end it, then re-raise there
+                failure.append(err)
+                streamer.end()
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
@@ -170,3 +197,64 @@ class HFEngine:
             if piece:
                 yield piece
         thread.join()
+        if failure:
+            err = failure[0]
+            raise GenerationError(f"generation failed in {self.name}: {type(err).__name__}: {err}") from err
+
+    # ---- prefix (prompt-learning) models: through the batching engine ---------------------------
+    def _batching(self):
+        if self._batcher is None:
+            from glmtune.serve.batching import BatchingEngine
+
+            self._batcher = BatchingEngine(self, max_batch_size=16, max_queue=1 << 16)
+        return self._batcher
+
+    def _submit(self, prompt, max_new_tokens, temperature, top_p, sink):
+        from glmtune.serve.batching import GenRequest
+
+        return self._batching().submit(GenRequest(prompt_ids=list(prompt), max_new_tokens=max_new_tokens,
+                                                  temperature=temperature, top_p=top_p, sink=sink))
+
+    def _generate_batched(self, prompts, max_new_tokens, temperature, top_p) -> list[Completion]:
+        import queue
+
+        done: queue.Queue = queue.Queue()
+        reqs = []
+        for i, p in enumerate(prompts):
+            def sink(ev, i=i):
+                if ev[0] in ("done", "error"):
+                    done.put((i, ev))
+            reqs.append(self._submit(p, max_new_tokens, temperature, top_p, sink))
+        events = dict(done.get() for _ in reqs)
+        for i in range(len(reqs)):
+            if events[i][0] == "error":
+                raise GenerationError(f"generation failed in {self.name}: {events[i][1]}")
+        out = []
+        for p, req in zip(prompts, reqs):
+            reason = req.finish_reason if req.finish_reason in ("stop", "length") else "stop"
+            out.append(Completion(req.text.strip(), len(p), len(req.tokens) + (1 if reason == "stop" else 0), reason))
+        return out
+
+    def _stream_batched(self, prompt, max_new_tokens, temperature, top_p) -> Iterator[str]:
+        import queue
+
+        events: queue.Queue = queue.Queue()
+        req = self._submit(prompt, max_new_tokens, temperature, top_p, events.put)
+        try:
+            while True:
+                kind, payload = events.get()
+                if kind == "delta":
+                    if payload:
+                        yield payload
+                elif kind == "error":
+                    raise GenerationError(f"generation failed in {self.name}: {payload}")
+                else:
+                    return
+        finally:
+            if req.finish_reason is None:
+                self._batching().cancel(req)  # the consumer stopped early
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 HELP = "Web chat (gradio) with a run or model, bound to 127.0.0.1."
 
@@ -26,6 +27,7 @@ def build_ui(engine, max_new_tokens: int = 256):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    from glmtune.errors import GenerationError
     from glmtune.serve.chat_cli import ChatSession
 
     def respond(question, turns, stateless, system, max_tokens):
@@ -37,10 +39,14 @@ def build_ui(engine, max_new_tokens: int = 256):
         session = ChatSession(system=system or None, stateless=stateless, history=list(turns))
         shown = list(turns) + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         text = ""
-        for piece in engine.stream(session.messages_for(question), max_new_tokens=int(max_tokens)):
-            text += piece
-            shown[-1] = {"role": "assistant", "content": text}
-            yield "", shown, turns
+        try:
+            for piece in engine.stream(session.messages_for(question), max_new_tokens=int(max_tokens)):
+                text += piece
+                shown[-1] = {"role": "assistant", "content": text}
+                yield "", shown, turns
+        except GenerationError as err:  # shown on the page (and in the terminal); the page stays usable
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise gr.Error(str(err)) from err
         shown[-1] = {"role": "assistant", "content": text.strip()}
         # Stateless: the page still shows every exchange, but messages_for() sends each question alone.
         yield "", shown, shown

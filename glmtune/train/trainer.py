@@ -331,14 +331,16 @@ def forgetting_check(cfg, model, tok, loaded, out: Path) -> dict:
     from peft import PeftModel
 
     from glmtune.evaluate.forgetting import forgetting_delta, load_items, render_forgetting, score_engine
-    from glmtune.serve.engine import HFEngine
+    from glmtune.serve.engine import HFEngine, is_prompt_learning
 
     items = load_items(cfg.eval.forgetting_set)
     n_new = cfg.eval.forgetting_max_new_tokens
     tuned = score_engine(HFEngine(model, tok, loaded.family), items, n_new)
     if isinstance(model, PeftModel):
         with model.disable_adapter():  # the base is under the adapter: no second copy in memory
-            base = score_engine(HFEngine(model, tok, loaded.family), items, n_new)
+            # a prefix model's engine would put the prefix back (it generates from get_prompt): give it the base
+            net = model.get_base_model() if is_prompt_learning(model) else model
+            base = score_engine(HFEngine(net, tok, loaded.family), items, n_new)
     else:
         base = score_engine(HFEngine.from_model_dir(str(loaded.path), cfg.model.trust_remote_code), items, n_new)
     result = forgetting_delta(base, tuned, items)

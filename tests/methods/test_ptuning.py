@@ -23,22 +23,23 @@ def trained_prefix(memo_file, tmp_path_factory):
     return model.eval(), loaded.tokenizer
 
 
-@torch.no_grad()
-def test_generation_with_kv_cache_equals_cache_free_greedy(trained_prefix):
+def test_trained_prefix_generates_with_its_prefix(trained_prefix, cache_free_greedy):
+    """The engine (KV cache, left-padded batch) answers a trained prefix (with projection) exactly as a
+    cache-free greedy decode of the PEFT model, and not as the base model."""
+    from glmtune.models.families import family_of
+    from glmtune.serve.batching import BatchingEngine
+    from glmtune.serve.engine import HFEngine
+
     model, tok = trained_prefix
-    prompts = [tok("语速3停顿2 很好")["input_ids"], tok("你好")["input_ids"]]
-    width = max(map(len, prompts))
-    pad = tok.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding, as the engine does
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    cached = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                            use_cache=True, eos_token_id=None, pad_token_id=pad)[:, width:]
-    for row, p in enumerate(prompts):
-        seq = torch.tensor([p])
-        for _ in range(8):  # reference: recompute the whole sequence (prefix + tokens) every step
-            nxt = model(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], 1)
-        assert cached[row].tolist() == seq[0, len(p):].tolist()
+    engine = HFEngine(model, tok, family_of(model.config.model_type))
+    be = BatchingEngine(engine, max_batch_size=2)
+    try:
+        for p in [tok("语速3停顿2 很好")["input_ids"], tok("你好")["input_ids"]]:
+            got = be.generate(p, max_new_tokens=8).tokens
+            assert got == cache_free_greedy(model, p, engine.stop_ids, 8)
+            assert got != cache_free_greedy(model.get_base_model(), p, engine.stop_ids, 8), "test could not fail"
+    finally:
+        be.close()
 
 
 def test_prefix_changes_the_model(trained_prefix):
