@@ -30,6 +30,12 @@ def add_arguments(parser) -> None:
     p.add_argument("--labels", choices=("teacher", "rubric"), default="rubric")
     p.add_argument("--label-file", type=Path, help="JSONL of {id, labels|answer} teacher scores")
     p.add_argument("--zhipu", type=Path, help="also write a validated Zhipu fine-tuning JSONL here")
+    p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
+                   help="a file/line that is not a readable ISE result stops the build (error) or is counted and "
+                        "skipped (skip), like data.on_bad_record")
+    p.add_argument("--rejected", choices=("flag", "keep", "drop"), default="flag",
+                   help="results ISE rejected (is_rejected=true): keep with the rejection in the prompt (flag), "
+                        "keep as they are (keep) or drop them; always counted")
     p.add_argument("--max-tokens", type=int, default=8192, help="Zhipu per-sample limit")
 
     p = sub.add_parser("synth", help="synthetic ISE results over the bundled passages -> train/test JSONL")
@@ -59,15 +65,17 @@ def _console():
 def _metrics(args) -> int:
     from rich.table import Table
 
+    from glmtune.tasks.oral_reading.build import read_text_file
     from glmtune.tasks.oral_reading.parse_xml import parse_any
     from glmtune.tasks.oral_reading.rubric import compute_metrics, metrics_table
 
-    rec = parse_any(args.file.read_text("utf-8"), args.text)
+    rec = parse_any(read_text_file(args.file), args.text, source=str(args.file))
     m = compute_metrics(rec)
     if args.json:
         out = {"bands": m.bands, "n": m.n, "rate_per_min": float(m.rate_per_min), "pause_ratio": float(m.pause_ratio),
                "completeness": float(m.completeness), "weighted_total": float(m.weighted_total()),
-               "ise_style": m.ise_style, "ise_reported": m.ise_reported,
+               "ise_style": m.ise_style, "ise_reported": m.ise_reported, "ise_expected": m.ise_expected,
+               "rejection": m.rejection,
                "warnings": [str(w) for w in rec.warnings], "partial": m.partial}
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
@@ -80,7 +88,10 @@ def _metrics(args) -> int:
     t.add_row("加权总分(无感情)", f"{float(m.weighted_total()):.3f} /5 = {float(m.weighted_total()) * 20:.1f} /100", "")
     for k, v in m.ise_style.items():
         reported = m.ise_reported.get(k)
-        t.add_row(f"ISE {k}", f"重算 {v:.2f}" + (f"，ISE {reported:.2f}" if reported is not None else ""), "")
+        shown = f"重算 {v:.2f}"
+        if m.rejection:
+            shown += f"，拒识×{m.rejection['ise_factor']} = {m.ise_expected[k]:.2f}"
+        t.add_row(f"ISE {k}", shown + (f"，ISE {reported:.2f}" if reported is not None else ""), "")
     con.print(t)
     if m.partial:
         con.print("[yellow]data truncated: metrics are partial[/]")
@@ -90,16 +101,21 @@ def _metrics(args) -> int:
 
 
 def _build(args) -> int:
-    from glmtune.tasks.oral_reading.build import build_dataset, load_inputs, load_labels
+    from glmtune.tasks.oral_reading.build import build_dataset, load_inputs_report, load_labels
 
-    items = load_inputs(args.input)
+    items, loaded = load_inputs_report(args.input, args.on_bad_record)
+    for line in loaded.lines():
+        print(line)
     if args.label_file:
         labels = load_labels(args.label_file)
         for it in items:
             if it.id in labels:
                 it.labels, it.remark = labels[it.id]
-    report = build_dataset(items, args.out, args.mode, args.labels)
+    report = build_dataset(items, args.out, args.mode, args.labels, args.rejected)
     print(f"wrote {report.written} samples to {args.out}; skipped {len(report.skipped)} without labels")
+    if report.rejected:
+        done = {"flag": "kept with the rejection in the prompt", "keep": "kept as they are", "drop": "dropped"}
+        print("ISE-rejected results: " + ", ".join(f"{v} {done[k]}" for k, v in report.rejected.items()))
     if report.warnings:
         print("parser repairs: " + ", ".join(f"{k}={v}" for k, v in sorted(report.warnings.items())))
     if args.zhipu:
