@@ -127,3 +127,22 @@ def test_cli_synth_baseline_and_score_side_by_side(tmp_path):
     # a file that is not a baseline report: one line, exit 2
     p = run("score", "--pred", str(test), "--ref", str(test), "--baseline", str(test))
     assert p.returncode == 2 and "not an `oral baseline --json` report" in p.stderr
+
+
+def test_demo_report_puts_the_learner_next_to_the_tuned_model(tmp_path):
+    from glmtune.demo import _conclusion, _learner_predictions
+    from glmtune.tasks.oral_reading.demo_data import build_demo_dataset
+    from glmtune.tasks.oral_reading.score import score_answers
+
+    files = build_demo_dataset(tmp_path / "d", n=240, seed=0)
+    test = [json.loads(x) for x in files["test"].read_text("utf-8").splitlines()]
+    learner = _learner_predictions(files, [r["id"] for r in test], seed=0)
+    labels = [r["rubric"] for r in test]
+    assert learner is not None and len(learner) == len(test)
+    # rubric labels are a function of the metrics: the learner gets most of them from the training passages
+    rep = score_answers([format_answer(lab) for lab in labels], labels, rubric=labels, learner=learner)
+    assert all(rep["baselines"]["learner"][d]["exact"] >= 0.7 for d in DIMENSIONS)
+    assert _conclusion(rep).startswith("the tuned model")  # a perfect "tuned model" ties the rubric: no win
+    flat = score_answers(["语速:3;停顿:3;声母:3;韵母:3;声调:3;完整度:3"] * len(test), labels, rubric=labels,
+                         learner=learner)
+    assert "does not beat the rubric bar" in _conclusion(flat)

@@ -268,3 +268,32 @@ def test_row10_raw_prompt_legend_matches_the_rows(tmp_path):
     user = build_sample(load_inputs(src)[0], "raw", "rubric")["messages"][1]["content"]
     assert "{beg_pos,end_pos,dp_message,mono_tone,is_yun,perr_msg}" in user and rows in user
     assert "rec_node_type" not in user
+
+
+# -- deliverable 4: the mixed-folder build through the CLI ---------------------------------------------------
+
+def test_cli_folder_build_prints_a_counted_report(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = _mixed_folder(tmp_path / "mixed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "glmtune", "oral", "build", str(folder), "--out", str(tmp_path / "sft.jsonl")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "s4_16000.xml: truncated or malformed XML" in p.stderr and "--on-bad-record skip" in p.stderr
+    p = subprocess.run(cmd + ["--on-bad-record", "skip"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert f"{folder}: 3 read, 2 skipped, 2 failed" in out
+    assert "skipped s1_16000.xlsx: spreadsheet (.xlsx) is not read" in out and "skipped s1_16000.pcm: audio" in out
+    assert "failed  s3_16000.txt: a tab-separated table" in out and "failed  s4_16000.xml: truncated" in out
+    assert "renamed s1_16000.txt: id 's1_16000.txt'" in out
+    assert "wrote 3 samples" in out and "ISE-rejected results: 1 kept with the rejection in the prompt" in out
+    rows = [json.loads(x) for x in (tmp_path / "sft.jsonl").read_text("utf-8").splitlines()]
+    assert sorted(r["id"] for r in rows) == ["s1_16000", "s1_16000.txt", "s2_16000"]
+    assert [r["id"] for r in rows if "rejected" in r] == ["s2_16000"]
+    p = subprocess.run(cmd + ["--on-bad-record", "skip", "--rejected", "drop"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert "wrote 2 samples" in p.stdout and "1 dropped" in p.stdout

@@ -180,3 +180,23 @@ def verdict(tuned: dict | None, learner: dict, rubric: dict) -> str:
     return (f"the tuned model does not beat the {best[0]} bar (mean QWK {tuned['qwk']:.2f} vs {best[1]['qwk']:.2f}, "
             f"exact {tuned['exact']:.2f} vs {best[1]['exact']:.2f}): use the {best[0]} scores, and the model for the "
             "评语 only, until a tuned model beats it")
+
+
+def holdout_predictions(train_items: list, test_items: list, labels_of, learner: str = "logistic",
+                        seed: int = 0) -> list[dict[str, int]]:
+    """Fit the learner on `train_items` (labels from `labels_of(item)`) and predict `test_items`, per
+    dimension: the baseline on a fixed split, e.g. the demo's held-out passages."""
+    import numpy as np
+
+    xtr = np.asarray([features(compute_metrics(it.record, it.text)) for it in train_items], dtype=float)
+    xte = np.asarray([features(compute_metrics(it.record, it.text)) for it in test_items], dtype=float)
+    out: list[dict[str, int]] = [{} for _ in test_items]
+    for d in DIMENSIONS:
+        y = [labels_of(it)[d] for it in train_items]
+        if len(set(y)) == 1:
+            pred = [y[0]] * len(test_items)
+        else:
+            pred = _model(learner, seed).fit(xtr, y).predict(xte).tolist()
+        for row, p in zip(out, pred):
+            row[d] = int(p)
+    return out
