@@ -1,4 +1,4 @@
-"""`glmtune oral …`: the oral-reading scoring recipe (ORAL_SCORING.md).
+"""`glmtune oral …`: the oral-reading scoring recipe (docs/oral_scoring_spec.md).
 
     glmtune oral metrics FILE [--text 朗读内容]          the engine's table for a compact string / XML file
     glmtune oral build INPUT --out data.jsonl [--mode raw|evidence] [--labels teacher|rubric]

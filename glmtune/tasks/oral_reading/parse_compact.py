@@ -1,4 +1,4 @@
-"""Parser for the flattened ISE text formats (ORAL_SCORING.md §3).
+"""Parser for the flattened ISE text formats (docs/oral_scoring_spec.md §3).
 
 - compact9 (the seed's): `key:{beg_pos,end_pos,symbol,time_len,rec_node_type,dp_message,is_yun,perr_msg,perr_level_msg}`
   records joined by `;`. Syllable rows carry symbol and span; each is followed by its initial and

@@ -2,7 +2,7 @@
 
 An `IseRecord` is the ordered list of syllable-level nodes of the recording: `Syllable`s (paper
 nodes, each with its initial and final `Phone`) and `PauseNode`s (sil/fil). Spans are ISE frames of
-10 ms (ORAL_SCORING.md §0.1, §2.2); `time_len` is never stored because it is `end - beg` (§0.1).
+10 ms (docs/oral_scoring_spec.md §0.1, §2.2); `time_len` is never stored because it is `end - beg` (§0.1).
 
 Every repair a parser makes is a `ParseWarning` with a machine-readable `kind` (§3): nothing is
 fixed silently. Kinds used by the parsers are listed in `WARNING_KINDS`.

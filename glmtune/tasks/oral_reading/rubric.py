@@ -1,4 +1,4 @@
-"""The rubric metric engine: ORAL_SCORING.md §0 and §4, computed exactly with `fractions.Fraction`.
+"""The rubric metric engine: docs/oral_scoring_spec.md §0 and §4, computed exactly with `fractions.Fraction`.
 
     N      = #reference syllables (dp ∈ {0,16,128}); never the Hanzi count of the text (§0.4)
     E_*    = errors over read reference syllables + N_omit (an omission is one error of each kind, §0.5)
