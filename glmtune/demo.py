@@ -141,4 +141,4 @@ def _conclusion(rep: dict) -> str:
 
     bl = rep["baselines"]
     learner = mean(bl["learner"]) if "learner" in bl else {"exact": 0.0, "qwk": 0.0}
-    return verdict(mean(rep["dimensions"]), learner, mean(bl["rubric"]))
+    return verdict({"tuned": mean(rep["dimensions"]), "learner": learner, "rubric": mean(bl["rubric"])})

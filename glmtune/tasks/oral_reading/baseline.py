@@ -168,12 +168,16 @@ def summary(report: dict) -> dict:
     return out
 
 
-def verdict(tuned: dict | None, learner: dict, rubric: dict) -> str:
-    """One line on what the user should conclude from mean exact/QWK of the tuned model vs the bars."""
-    if tuned is None:
-        return (f"the bar to beat: the metrics-only learner reaches mean exact {learner['exact']:.2f} / QWK "
-                f"{learner['qwk']:.2f} (rubric formula {rubric['exact']:.2f} / {rubric['qwk']:.2f})")
+def verdict(sm: dict) -> str:
+    """One line on what to conclude from the mean exact/QWK per system (`summary`): the bar is the better
+    (by QWK) of the metrics-only learner and the rubric formula; the tuned model must beat it."""
+    learner, rubric = sm["learner"], sm["rubric"]
     best = max(("learner", learner), ("rubric", rubric), key=lambda kv: (kv[1]["qwk"], kv[1]["exact"]))
+    tuned = sm.get("tuned")
+    if tuned is None:
+        return (f"the bar a tuned model must beat is the {best[0]} (mean exact {best[1]['exact']:.2f}, QWK "
+                f"{best[1]['qwk']:.2f}; learner {learner['exact']:.2f} / {learner['qwk']:.2f}, rubric "
+                f"{rubric['exact']:.2f} / {rubric['qwk']:.2f})")
     if tuned["qwk"] > best[1]["qwk"] and tuned["exact"] >= best[1]["exact"]:
         return (f"the tuned model beats the best bar ({best[0]}): mean QWK {tuned['qwk']:.2f} vs {best[1]['qwk']:.2f}, "
                 f"exact {tuned['exact']:.2f} vs {best[1]['exact']:.2f}: it adds something the metrics alone do not")

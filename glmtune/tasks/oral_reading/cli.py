@@ -236,13 +236,11 @@ def _baseline(args) -> int:
             if it.id in labels:
                 it.labels, it.remark = labels[it.id]
     report = run_baseline(items, args.k, args.learner, args.seed, args.pred)
-    title = (f"oral baseline: {report['n_scored']} items scored, {report['n_labelled']} labelled of "
-             f"{report['n_items']}, {report['passages']} passages, {report['folds']}-fold by passage, "
-             f"learner={report['learner']}")
-    _console().print(baseline_table(report, title))
-    sm = report["summary"]
+    print(f"oral baseline: {report['n_scored']} items scored ({report['n_labelled']} labelled of {report['n_items']}), "
+          f"{report['passages']} passages, {report['folds']}-fold by passage, learner={report['learner']}")
+    _console().print(baseline_table(report, "agreement with the labels, per dimension"))
     print(f"labels used: {report['label_scale']}")
-    print("conclusion: " + verdict(sm.get("tuned"), sm["learner"], sm["rubric"]))
+    print("conclusion: " + verdict(report["summary"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
