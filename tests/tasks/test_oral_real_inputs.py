@@ -297,3 +297,21 @@ def test_cli_folder_build_prints_a_counted_report(tmp_path):
     p = subprocess.run(cmd + ["--on-bad-record", "skip", "--rejected", "drop"], capture_output=True, text=True,
                        env=env, timeout=300)
     assert "wrote 2 samples" in p.stdout and "1 dropped" in p.stdout
+
+
+def test_teacher_labels_outside_1_to_5_are_named_not_written(tmp_path):
+    from glmtune.tasks.oral_reading.build import load_inputs_report, load_labels
+
+    src = tmp_path / "ise.jsonl"
+    good = {"语速": 4, "停顿": "2", "声母": 4.0, "韵母": 5, "声调": 2, "完整度": 5}
+    src.write_text("\n".join(json.dumps({"id": i, "ise": ise_xml(), "labels": dict(good, 声调=v)}, ensure_ascii=False)
+                             for i, v in (("a", 2), ("b", 6), ("c", 4.5))), "utf-8")
+    with pytest.raises(ConfigError, match=r"ise.jsonl:2: id b: label 6 is not an integer 1-5"):
+        load_inputs_report(src)
+    items, rep = load_inputs_report(src, "skip")
+    assert [it.id for it in items] == ["a"] and items[0].labels["停顿"] == 2
+    assert [w for w, _ in rep.failed] == ["ise.jsonl:2", "ise.jsonl:3"]
+    lab = tmp_path / "labels.jsonl"
+    lab.write_text(json.dumps({"id": "a", "answer": "语速:4;停顿:2;声母:4;韵母:5;声调:2;完整度:5"}) + "\n{oops\n", "utf-8")
+    with pytest.raises(ConfigError, match=r"labels.jsonl:2: bad JSON"):
+        load_labels(lab)

@@ -179,8 +179,12 @@ def load_jsonl_report(path: Path, on_bad_record: str = "error") -> tuple[list[It
         except OralInputError as err:
             _fail(report, on_bad_record, where, err, str(path))
             continue
+        try:
+            labels, remark = _labels_from(obj)
+        except OralInputError as err:
+            _fail(report, on_bad_record, where, OralInputError(f"{path}:{n}: id {item_id}: {err}"), str(path))
+            continue
         ids.add(item_id)
-        labels, remark = _labels_from(obj)
         report.read.append(where)
         items.append(Item(item_id, rec.text, rec, None if rec.source_format == "xml" else data, labels, remark))
     return items, report
@@ -195,14 +199,25 @@ def load_inputs_report(path: Path, on_bad_record: str = "error") -> tuple[list[I
     return (load_folder_report if path.is_dir() else load_jsonl_report)(path, on_bad_record)
 
 
+def _label_value(v) -> int:
+    """A teacher score must be an integer 1-5 (4 and "4" and 4.0 are fine; 4.5, 0, 6 and "x" are not)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (f == f and f.is_integer() and 1 <= f <= 5):
+        raise OralInputError(f"label {v!r} is not an integer 1-5")
+    return int(f)
+
+
 def _labels_from(obj: dict) -> tuple[dict[str, int] | None, str | None]:
     if isinstance(obj.get("labels"), dict):
-        return {d: int(obj["labels"][d]) for d in DIMENSIONS if d in obj["labels"]}, obj.get("remark")
+        return {d: _label_value(obj["labels"][d]) for d in DIMENSIONS if d in obj["labels"]}, obj.get("remark")
     if isinstance(obj.get("answer"), str):
         scores, remark, _ = parse_answer(obj["answer"])
         return scores, remark
     if all(d in obj for d in DIMENSIONS):
-        return {d: int(obj[d]) for d in DIMENSIONS}, obj.get("评语")
+        return {d: _label_value(obj[d]) for d in DIMENSIONS}, obj.get("评语")
     return None, None
 
 
@@ -212,10 +227,18 @@ def load_inputs(path: Path, on_bad_record: str = "error") -> list[Item]:
 
 def load_labels(path: Path) -> dict[str, tuple[dict[str, int], str | None]]:
     out = {}
-    for line in Path(path).read_text("utf-8").splitlines():
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
         if line.strip():
-            obj = json.loads(line)
-            labels, remark = _labels_from(obj)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise OralInputError(f"{path}:{n}: bad JSON ({err.msg}, column {err.colno})") from None
+            if not isinstance(obj, dict) or "id" not in obj:
+                raise OralInputError(f"{path}:{n}: expected an object with id and labels (or answer)")
+            try:
+                labels, remark = _labels_from(obj)
+            except OralInputError as err:
+                raise OralInputError(f"{path}:{n}: id {obj['id']}: {err}") from None
             if labels is not None:
                 out[str(obj["id"])] = (labels, remark)
     return out
