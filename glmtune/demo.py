@@ -89,7 +89,7 @@ def run(args) -> int:
     console.print(f"answer format valid on held-out ({len(items)} samples): base {rep_base['format_valid_rate']:.0%}"
                   f" -> tuned {rep_tuned['format_valid_rate']:.0%}")
     table = Table(title="per-dimension exact match / QWK on held-out (labels = rubric bands)")
-    for col in ("dimension", "tuned", "base", "learner baseline", "rubric engine", "constant"):
+    for col in ("dimension", "tuned", "base", "learner", "rubric engine", "constant"):
         table.add_column(col, justify="right")
     bl = rep_tuned["baselines"]
     for dim in DIMENSIONS:

@@ -8,9 +8,8 @@ them, and non-text nodes may hang under the following word, §2.1). The top `rea
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 import re
+import xml.etree.ElementTree as ET
 
 from glmtune.tasks.oral_reading.records import IseRecord, OralInputError, PauseNode, Phone, Syllable
 
