@@ -78,7 +78,11 @@ class LoadReport:
 def read_text_file(path: Path) -> str:
     """UTF-8 (with or without BOM) text, or an `OralInputError` naming the file."""
     try:
-        return Path(path).read_bytes().decode("utf-8-sig")
+        data = Path(path).read_bytes()
+        if data.startswith(b"PK\x03\x04"):
+            raise OralInputError(f"{path}: a ZIP container (an .xlsx or other Office file), not an ISE result: "
+                                 "give the ISE XML or the compact text")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise OralInputError(f"{path}: not UTF-8 text (byte {err.start}): a binary file, not an ISE result") from None
     except OSError as err:

@@ -220,5 +220,5 @@ def metrics_table(m: OralMetrics) -> list[tuple[str, str, str]]:
         ("语速", f"{float(m.rate_per_min):.1f}字/分钟（{float(dur) if dur is not None else 0:.2f}秒）", str(m.bands["语速"])),
         ("停顿", f"句中fil {m.f_int}，占{pct(m.pause_ratio)}（句首{m.f_lead}，句尾{m.f_trail}）", str(m.bands["停顿"])),
         ("完整度", pct(m.completeness), str(m.bands["完整度"])),
-    ] + ([("ISE拒识", f"is_rejected=true，except_info={m.rejection['except_info']}（{m.rejection['reason']}）；"
+    ] + ([("ISE拒识", f"except_info={m.rejection['except_info']}（{m.rejection['reason']}），"
                       f"ISE分数=重算值×{m.rejection['ise_factor']}", "")] if m.rejection else [])
