@@ -2,7 +2,9 @@
 
 Data check -> plan -> LoRA training on the tiny GLM-4 -> predictions on the held-out split (base and
 tuned) -> a short report: samples used/dropped/truncated, loss start -> end, answer-format validity
-base vs tuned, and the oral-scoring per-dimension table (tuned vs base vs rubric-engine baseline).
+base vs tuned, and the oral-scoring per-dimension table: the tuned model next to the base model, the
+metrics-only learner of `oral baseline` (fitted on the training passages, scored on the held-out ones),
+the rubric engine and a constant, with one line saying what to conclude.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def run(args) -> int:
     out = run_dir / "demo"
     tuned = _predict(HFEngine.from_run(run_dir), items, out / "tuned_predictions.jsonl", cfg)
     base = _predict(HFEngine.from_model_dir(cfg.model.path), items, out / "base_predictions.jsonl", cfg)
-    rep_tuned = score_answers(tuned, labels, rubric=labels)
+    learner = _learner_predictions(files, [r["id"] for r in test_rows], cfg.data.split_seed)
+    rep_tuned = score_answers(tuned, labels, rubric=labels, learner=learner)
     rep_base = score_answers(base, labels)
 
     console.rule("5. report")
@@ -85,17 +88,20 @@ def run(args) -> int:
                   f"({s['tokens_per_s']} tokens/s, {s['wall_s']} s)")
     console.print(f"answer format valid on held-out ({len(items)} samples): base {rep_base['format_valid_rate']:.0%}"
                   f" -> tuned {rep_tuned['format_valid_rate']:.0%}")
-    table = Table(title="per-dimension exact match on held-out (labels = rubric bands)")
-    for col in ("dimension", "tuned", "base", "constant baseline", "rubric engine"):
+    table = Table(title="per-dimension exact match / QWK on held-out (labels = rubric bands)")
+    for col in ("dimension", "tuned", "base", "learner", "rubric engine", "constant"):
         table.add_column(col, justify="right")
+    bl = rep_tuned["baselines"]
     for dim in DIMENSIONS:
-        table.add_row(dim, _fmt(rep_tuned["dimensions"][dim]["exact"]), _fmt(rep_base["dimensions"][dim]["exact"]),
-                      _fmt(rep_tuned["baselines"]["constant"][dim]["exact"]),
-                      _fmt(rep_tuned["baselines"]["rubric"][dim]["exact"]))
+        cells = [rep_tuned["dimensions"][dim], rep_base["dimensions"][dim], bl.get("learner", {}).get(dim),
+                 bl["rubric"][dim], bl["constant"][dim]]
+        table.add_row(dim, *(_cell(c) for c in cells))
     console.print(table)
+    conclusion = _conclusion(rep_tuned)
+    console.print(f"conclusion: {conclusion}")
     report = {"run_dir": str(run_dir), "train": s, "held_out": len(items),
               "format_valid": {"base": rep_base["format_valid_rate"], "tuned": rep_tuned["format_valid_rate"]},
-              "tuned": rep_tuned, "base": rep_base}
+              "tuned": rep_tuned, "base": rep_base, "conclusion": conclusion}
     atomic_write_json(out / "demo_report.json", report)
     console.print(f"report: {out / 'demo_report.json'}")
     return 0
@@ -103,3 +109,36 @@ def run(args) -> int:
 
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.2f}"
+
+
+def _cell(stats: dict | None) -> str:
+    return "—" if stats is None else f"{_fmt(stats['exact'])} / {_fmt(stats['qwk'])}"
+
+
+def _learner_predictions(files: dict, test_ids: list[str], seed: int) -> list[dict[str, int] | None] | None:
+    """`oral baseline`'s learner fitted on the demo's training passages, predicting the held-out items
+    (None when the bundled items cannot be regenerated for these files)."""
+    from glmtune.tasks.oral_reading.baseline import holdout_predictions
+    from glmtune.tasks.oral_reading.demo_data import demo_items
+    from glmtune.tasks.oral_reading.rubric import compute_metrics
+
+    train_ids = [json.loads(x)["id"] for x in Path(files["train"]).read_text("utf-8").splitlines() if x.strip()]
+    by_id = {it.id: it for it in demo_items(len(train_ids) + len(test_ids), seed)}
+    if any(i not in by_id for i in train_ids + test_ids):
+        return None
+    preds = holdout_predictions([by_id[i] for i in train_ids], [by_id[i] for i in test_ids],
+                                lambda it: compute_metrics(it.record, it.text).bands)
+    return list(preds)
+
+
+def _conclusion(rep: dict) -> str:
+    """One line: does the tuned model beat the bars on these labels (mean exact and QWK over dimensions)?"""
+    from glmtune.tasks.oral_reading.baseline import verdict
+    from glmtune.tasks.oral_reading.rubric import DIMENSIONS
+
+    def mean(block: dict) -> dict:
+        return {k: sum((block[d][k] or 0.0) for d in DIMENSIONS) / len(DIMENSIONS) for k in ("exact", "qwk")}
+
+    bl = rep["baselines"]
+    learner = mean(bl["learner"]) if "learner" in bl else {"exact": 0.0, "qwk": 0.0}
+    return verdict({"tuned": mean(rep["dimensions"]), "learner": learner, "rubric": mean(bl["rubric"])})

@@ -51,7 +51,9 @@ def build_report(rows: list[dict], *, field_spec=None, metrics=("text", "fields"
         report["fields"] = fields
     if "oral" in metrics:
         report.setdefault("notes", []).append(
-            "metric family 'oral' is scored by `glmtune oral score` (task recipe), not by `glmtune eval`")
+            "metric family 'oral' is scored by `glmtune oral score` (task recipe), not by `glmtune eval`; "
+            "`oral score --baseline` (from `glmtune oral baseline`) puts the metrics-only learner, the bar to beat, "
+            "next to the model")
     return report, per
 
 

@@ -21,4 +21,5 @@ def test_demo_end_to_end(tmp_path):
     assert rep["train"]["loss_last"] < rep["train"]["loss_first"]
     assert rep["train"]["data"]["samples_used"] == 209 and rep["held_out"] == 31
     assert (out / "plan" / "plan.json").exists() and (out / "plots" / "loss.png").exists()
-    assert "per-dimension exact match" in p.stdout
+    assert "per-dimension exact match" in p.stdout and "learner" in p.stdout
+    assert "conclusion: the tuned model" in p.stdout and rep["conclusion"]

@@ -1,4 +1,4 @@
-"""ORAL_SCORING.md §3: one test (or more) per row of the parsing table, on hand-written records."""
+"""docs/oral_scoring_spec.md §3: one test (or more) per row of the parsing table, on hand-written records."""
 
 from glmtune.tasks.oral_reading.parse_compact import null_kind, parse_compact
 from glmtune.tasks.oral_reading.records import PauseNode, Syllable

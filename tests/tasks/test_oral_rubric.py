@@ -165,7 +165,8 @@ def test_edges_hit_exactly_through_the_engine():
 
 def test_empty_recording_and_clamped_completeness():
     m = compute_metrics(IseRecord())
-    assert m.empty and m.n == 0 and set(m.bands.values()) == {1, 5} and m.bands["停顿"] == 5
+    # nothing read: every band is 1, 停顿 included (issue 15 row 9: it used to band 5)
+    assert m.empty and m.n == 0 and set(m.bands.values()) == {1}
     assert m.rate_per_min == 0 and m.duration_s is None
     # 2 reference syllables and 3 insertions: 1 - 3/2 < 0 → clamped to 0
     ins = [Syllable("ba", "ba", 100 + 10 * i, 110 + 10 * i, Phone(0, "b", None, None, 32, 32),

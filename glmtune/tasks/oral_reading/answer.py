@@ -23,15 +23,23 @@ _FLUENCY = {
     (1, 3): "语速很慢，还有一些不必要的停顿",
     (1, 1): "朗读很不流利，语速慢、卡顿多",
 }
-_SEGMENTAL = {5: "声母韵母发音准确", 3: "有少许声母韵母错误", 1: "声母韵母错误较多"}
-_TONE = {5: "声调掌握得很好", 3: "部分声调不够准确", 1: "声调错误较多，需要重点练习"}
-_COMPLETE = {5: "完成度很好", 3: "有个别字漏读、增读或回读", 1: "有大段内容没有读或读错位置"}
+# Teachers use the whole 1-5 scale (2 and 4 included); a fluency pair with a 2 or a 4 is phrased from
+# one clause per dimension, the rubric's own 5/3/1 pairs keep their sentences above.
+_RATE = {5: "语速适中", 4: "语速比较合适", 3: "语速偏慢", 2: "语速较慢", 1: "语速太慢"}
+_PAUSE = {5: "停顿自然", 4: "停顿基本自然", 3: "句中有一些不必要的停顿", 2: "句中不必要的停顿较多", 1: "句中卡顿很多"}
+_SEGMENTAL = {5: "声母韵母发音准确", 4: "声母韵母基本准确", 3: "有少许声母韵母错误", 2: "声母韵母错误偏多",
+              1: "声母韵母错误较多"}
+_TONE = {5: "声调掌握得很好", 4: "声调基本准确", 3: "部分声调不够准确", 2: "声调错误偏多", 1: "声调错误较多，需要重点练习"}
+_COMPLETE = {5: "完成度很好", 4: "基本读完整", 3: "有个别字漏读、增读或回读", 2: "漏读、增读或回读较多",
+             1: "有大段内容没有读或读错位置"}
 
 
 def comment(bands: dict[str, int]) -> str:
-    """A deterministic 评语 from the bands: fluency, then segmental (the worse of 声母/韵母), tone, completeness."""
+    """A deterministic 评语 from scores 1-5: fluency, then segmental (the worse of 声母/韵母), tone, completeness."""
     seg = min(bands["声母"], bands["韵母"])
-    parts = [_FLUENCY[(bands["语速"], bands["停顿"])], _SEGMENTAL[seg], _TONE[bands["声调"]], _COMPLETE[bands["完整度"]]]
+    pair = (bands["语速"], bands["停顿"])
+    fluency = _FLUENCY.get(pair) or f"{_RATE[pair[0]]}，{_PAUSE[pair[1]]}"
+    parts = [fluency, _SEGMENTAL[seg], _TONE[bands["声调"]], _COMPLETE[bands["完整度"]]]
     low = sum(bands[d] for d in DIMENSIONS)
     close = "继续保持！" if low >= 27 else "希望继续努力~!" if low >= 18 else "请多听多读，加油！"
     return "，".join(parts) + "。" + close

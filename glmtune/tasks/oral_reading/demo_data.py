@@ -3,7 +3,8 @@
 `build_demo_dataset(out_dir, n, seed, mode, test_share)` writes `train.jsonl` and `test.jsonl`
 (messages format, each record with an extra `id` and the engine's `rubric` bands). The test split is
 held out BY PASSAGE TEXT: a passage's samples are all in train or all in test. Labels are the rubric
-bands (§4), so a model can learn them exactly; `mode="evidence"` (default) uses the compact rubric
+bands (§4), so a model can learn them exactly, or with `labels="teacher"` teacher-like noisy 1-5 labels
+(`synth.teacher_like_labels`: what real teacher labels look like, for the `oral baseline` demo); `mode="evidence"` (default) uses the compact rubric
 summary as system prompt and the computed metrics as user turn (see `prompts`), `mode="raw"` the
 user's own long format. Deterministic in (n, seed, mode, test_share).
 
@@ -31,23 +32,30 @@ def split_passages(passages: list[str], seed: int, test_share: float) -> tuple[l
     return order[n_test:], order[:n_test]
 
 
-def demo_items(n: int, seed: int) -> list:
-    """n synthetic `build.Item`s (id, passage, record) drawn deterministically from `seed`."""
+def demo_items(n: int, seed: int, labels: str = "rubric") -> list:
+    """n synthetic `build.Item`s (id, passage, record) drawn deterministically from `seed`; with
+    `labels="teacher"` each also carries teacher-like noisy labels (deterministic too)."""
     from glmtune.tasks.oral_reading.build import Item
-    from glmtune.tasks.oral_reading.synth import random_params, simulate
+    from glmtune.tasks.oral_reading.rubric import compute_metrics
+    from glmtune.tasks.oral_reading.synth import random_params, simulate, teacher_like_labels
 
+    if labels not in ("rubric", "teacher"):
+        raise ValueError(f"labels must be rubric or teacher, got {labels!r}")
     passages = load_passages()
     items = []
     for k in range(n):
         rng = random.Random(f"demo:{seed}:{k}")
         text = passages[rng.randrange(len(passages))]
         rec, _ = simulate(text, random_params(rng), rng.randrange(2**31))
-        items.append(Item(f"oral-{seed}-{k:05d}", text, rec))
+        item = Item(f"oral-{seed}-{k:05d}", text, rec)
+        if labels == "teacher":
+            item.labels = teacher_like_labels(compute_metrics(rec, text), random.Random(f"teacher:{seed}:{k}"))
+        items.append(item)
     return items
 
 
 def build_demo_dataset(out_dir: Path, n: int = 240, seed: int = 0, mode: str = "evidence",
-                       test_share: float = 0.15) -> dict[str, Path]:
+                       test_share: float = 0.15, labels: str = "rubric") -> dict[str, Path]:
     from glmtune.tasks.oral_reading.build import build_sample
 
     out_dir = Path(out_dir)
@@ -56,8 +64,8 @@ def build_demo_dataset(out_dir: Path, n: int = 240, seed: int = 0, mode: str = "
     held = set(test_passages)
     paths = {"train": out_dir / "train.jsonl", "test": out_dir / "test.jsonl"}
     with paths["train"].open("w", encoding="utf-8") as tr, paths["test"].open("w", encoding="utf-8") as te:
-        for item in demo_items(n, seed):
-            sample = build_sample(item, mode, "rubric")
+        for item in demo_items(n, seed, labels):
+            sample = build_sample(item, mode, labels)
             (te if item.text in held else tr).write(json.dumps(sample, ensure_ascii=False) + "\n")
     return paths
 

@@ -1,10 +1,14 @@
-"""Parser for the flattened ISE text formats (ORAL_SCORING.md §3).
+"""Parser for the flattened ISE text formats (docs/oral_scoring_spec.md §3).
 
 - compact9 (the seed's): `key:{beg_pos,end_pos,symbol,time_len,rec_node_type,dp_message,is_yun,perr_msg,perr_level_msg}`
   records joined by `;`. Syllable rows carry symbol and span; each is followed by its initial and
   final phone rows; sil/fil rows are one row (or two, deduplicated).
 - legacy6 (the upstream 978-row set): `key:{beg,end,dp,mono_tone,is_yun,perr}` with phone rows only,
   usually after a leading ISE score block; initial+final pairs become synthetic syllables (§3 row 11).
+  The upstream converter writes that block in braces right after `量化数据如下：{`, as
+  `{流畅度分:…,完整度分:…,声韵分:…,调型分:…,总分【模型回归】:…}`, and leaves absent values empty
+  (`sil:{0,40,0,,,}`): the block is read into `ise_scores`, and an empty field is this format's
+  ordinary null (no `null_variant` warning; in compact9 an empty field is still a variant).
 
 The format is decided per document: legacy6 when no row has rec_node_type (paper/sil/fil) as its
 5th value and some row has 6-8 values.
@@ -32,7 +36,8 @@ _SCORE_NAMES = {
     "总分": "total_score", "声韵分": "phone_score", "调型分": "tone_score", "流畅度分": "fluency_score",
     "完整度分": "integrity_score", "准确度分": "accuracy_score", "情感分": "emotion_score",
 }
-_SCORE = re.compile(r"([A-Za-z_]+_score|总分|声韵分|调型分|流畅度分|完整度分|准确度分|情感分)\s*[:=]\s*(-?\d+(?:\.\d+)?)")
+_SCORE = re.compile(r"([A-Za-z_]+_score|总分|声韵分|调型分|流畅度分|完整度分|准确度分|情感分)(?:【[^】]*】)?"
+                    r"\s*[:=]\s*(-?\d+(?:\.\d+)?)")
 
 
 def _ocr_fold(tok: str) -> str:
@@ -97,6 +102,8 @@ class _Rows:
         out: dict = {}
         for name, tok in zip(names, toks):
             kind = null_kind(tok)
+            if kind == "variant" and tok == "" and self.rec.source_format == "legacy6":
+                kind = "null"  # the legacy converter writes absent values as empty fields
             if kind == "variant" and not (name == "symbol" and tok == "nan" and key == "nan"):
                 self.rec.warn("null_variant", f"{name}={tok!r} read as null", row)
             if kind is not None and not (name == "symbol" and tok == "nan" and key == "nan"):
@@ -136,9 +143,10 @@ def parse_compact(text: str, passage: str | None = None) -> IseRecord:
     rec = IseRecord(text=passage)
     text = text.translate(_FULLWIDTH)
     # §3 row 13: parse only the quantized part, not a rubric JSON that may precede it.
-    for marker in ("量化数据",):
+    for marker in ("量化数据如下", "量化数据"):  # the first is the legacy converter's, after its own legend
         if marker in text:
             text = text[text.index(marker):]
+            break
     if _TRUNC.search(text.rstrip().rstrip("}").rstrip()) or _TRUNC.search(text.rstrip()):
         rec.truncated = True
         rec.warn("truncation_marker", "the data end with a truncation marker (...... or …)")
@@ -158,6 +166,12 @@ def parse_compact(text: str, passage: str | None = None) -> IseRecord:
     names = FIELDS6 if legacy else FIELDS9
     rows = _Rows(rec)
     for i, key, toks in bodies:
+        block = [_SCORE.fullmatch(t) for t in toks]
+        if key is None and all(block):  # the legacy `{流畅度分:…,总分【模型回归】:…}` block
+            for m in block:
+                rec.ise_scores[_SCORE_NAMES.get(m.group(1), m.group(1))] = float(m.group(2))
+            rec.warn("score_block", f"ISE score block read: {rec.ise_scores}", i)
+            continue
         if len(toks) < 6 or not (_is_number_or_null(toks[0]) and _is_number_or_null(toks[1])):
             rec.warn("junk_row", f"dropped non-record body {key or ''}{{{','.join(toks)[:40]}}}", i)
             continue

@@ -8,9 +8,10 @@ them, and non-text nodes may hang under the following word, §2.1). The top `rea
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
-from glmtune.tasks.oral_reading.records import IseRecord, PauseNode, Phone, Syllable
+from glmtune.tasks.oral_reading.records import IseRecord, OralInputError, PauseNode, Phone, Syllable
 
 CATEGORIES = ("read_syllable", "read_word", "read_sentence", "read_chapter")
 SCORE_ATTRS = ("total_score", "phone_score", "tone_score", "fluency_score", "integrity_score",
@@ -43,11 +44,24 @@ def _span(el: ET.Element, rec: IseRecord) -> tuple[int | None, int | None]:
     return beg, end
 
 
-def parse_xml(xml: str | bytes, passage: str | None = None) -> IseRecord:
+_XML_START = re.compile(r"<\?xml\b|<xml_result\b")
+
+
+def parse_xml(xml: str | bytes, passage: str | None = None, source: str = "<input>") -> IseRecord:
     if isinstance(xml, bytes):
         xml = xml.decode("utf-8-sig")
-    root = ET.fromstring(xml.lstrip("\ufeff \t\r\n").encode("utf-8"))  # a declaration must come first
     rec = IseRecord(source_format="xml")
+    start = _XML_START.search(xml)
+    if start and xml[:start.start()].strip(" \t\r\n\ufeff"):
+        prefix = xml[:start.start()].strip()
+        rec.warn("log_prefix", f"{len(prefix.splitlines())} line(s) before the XML skipped: {prefix[:60]!r}")
+        xml = xml[start.start():]
+    try:
+        root = ET.fromstring(xml.lstrip("\ufeff \t\r\n").encode("utf-8"))  # a declaration must come first
+    except ET.ParseError as err:
+        line, col = err.position
+        raise OralInputError(f"{source}: truncated or malformed XML ({str(err).split(':')[0]} at line {line}, "
+                             f"column {col})") from None
     top = None
     for paper in root.iter("rec_paper"):
         top = next((c for c in paper if c.tag in CATEGORIES), None)
@@ -83,13 +97,41 @@ def parse_xml(xml: str | bytes, passage: str | None = None) -> IseRecord:
                           _int(ph, "perr_level_msg", rec), ph.get("mono_tone"))
             setattr(s, "final" if is_yun else "initial", phone)
         rec.items.append(s)
+    if not rec.syllables:
+        flags = f" (is_rejected={top.get('is_rejected')}, except_info={top.get('except_info')})" if top is not None else ""
+        raise OralInputError(f"{source}: XML without ISE syllable nodes{flags}: not a Chinese ISE result "
+                             "(xml_result > rec_paper > … > syll)")
     return rec
 
 
-def parse_any(data: str, passage: str | None = None) -> IseRecord:
-    """XML when the input starts with '<', otherwise the compact/legacy text format."""
-    if data.lstrip().startswith("<"):
-        return parse_xml(data, passage)
+def _not_ise_reason(data: str) -> str:
+    text = data.strip()
+    if not text:
+        return "empty file: no ISE result"
+    first = text.splitlines()[0]
+    if first.count("\t") >= 2:
+        cols = [c.strip() for c in first.split("\t")]
+        return (f"a tab-separated table (header: {', '.join(cols[:4])}, … {len(cols)} columns), not an ISE result: "
+                "give the ISE XML or the compact `key:{…}` string")
+    return (f"no ISE result found: neither XML nor `key:{{…}}` records (starts with {text[:30]!r})")
+
+
+def parse_any(data: str, passage: str | None = None, source: str = "<input>") -> IseRecord:
+    """XML when the input holds `<?xml`/`<xml_result` (after optional log lines), else the compact/legacy
+    text format. Raises `OralInputError` ("source: why") when the data hold no ISE syllable at all."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8-sig")
+    head = data.lstrip("\ufeff \t\r\n")
+    if head.startswith("<") or _XML_START.search(data):
+        return parse_xml(data, passage, source)
     from glmtune.tasks.oral_reading.parse_compact import parse_compact
 
-    return parse_compact(data, passage)
+    if "{" not in data:
+        raise OralInputError(f"{source}: {_not_ise_reason(data)}")
+    rec = parse_compact(data, passage)
+    if not rec.syllables:
+        if "\t" in data.strip().splitlines()[0]:
+            raise OralInputError(f"{source}: {_not_ise_reason(data)}")
+        raise OralInputError(f"{source}: no ISE syllable among the `{{…}}` records"
+                             f" ({len(rec.warnings)} parser warning(s), e.g. {rec.warnings[0] if rec.warnings else '-'})")
+    return rec

@@ -2,7 +2,7 @@
 
 An `IseRecord` is the ordered list of syllable-level nodes of the recording: `Syllable`s (paper
 nodes, each with its initial and final `Phone`) and `PauseNode`s (sil/fil). Spans are ISE frames of
-10 ms (ORAL_SCORING.md §0.1, §2.2); `time_len` is never stored because it is `end - beg` (§0.1).
+10 ms (docs/oral_scoring_spec.md §0.1, §2.2); `time_len` is never stored because it is `end - beg` (§0.1).
 
 Every repair a parser makes is a `ParseWarning` with a machine-readable `kind` (§3): nothing is
 fixed silently. Kinds used by the parsers are listed in `WARNING_KINDS`.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+
+from glmtune.config.load import ConfigError
 
 FRAMES_PER_SECOND = 100  # §2.2: beg_pos/end_pos/time_len are 10 ms frames
 
@@ -38,7 +40,25 @@ WARNING_KINDS = {
     "missing_dp": "a syllable without dp on itself or its phones; dp inferred from key/symbol (§3 row 1)",
     "text_mismatch": "N differs from the CJK count of the displayed text (§3 row 12)",
     "xml": "an XML attribute could not be read",
+    "log_prefix": "text before the XML (e.g. `sid:… 最终识别结果` log lines) was skipped",
 }
+
+# ISE's top-level except_info codes (§2.9; iFlytek's ISE result documentation). A code not listed here
+# is shown as its number.
+EXCEPT_INFO = {
+    "0": "正常",
+    "28673": "无语音输入或音量过小",
+    "28676": "乱读：所读内容与试题不符",
+    "28680": "音频信噪比低",
+    "28690": "音频截幅",
+}
+# A rejected result (is_rejected="true") reports phone_score and tone_score as exactly 0.3 × the values
+# recomputed by §2.9 (checked on 120 real rejected results with except_info 28676 and 28689).
+REJECTED_SCORE_FACTOR = 0.3
+
+
+class OralInputError(ConfigError):
+    """An input that is not a readable ISE result; the message names the file (and line) and why."""
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -169,6 +189,15 @@ class IseRecord:
     truncated: bool = False  # a truncation marker was present (§3 row 10)
     except_info: str | None = None  # §2.9 top-level flags (XML only)
     is_rejected: bool | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.is_rejected)
+
+    def except_reason(self) -> str | None:
+        if self.except_info is None:
+            return None
+        return EXCEPT_INFO.get(str(self.except_info), f"ISE异常码{self.except_info}")
 
     @property
     def syllables(self) -> list[Syllable]:

@@ -1,4 +1,4 @@
-"""The rubric metric engine: ORAL_SCORING.md §0 and §4, computed exactly with `fractions.Fraction`.
+"""The rubric metric engine: docs/oral_scoring_spec.md §0 and §4, computed exactly with `fractions.Fraction`.
 
     N      = #reference syllables (dp ∈ {0,16,128}); never the Hanzi count of the text (§0.4)
     E_*    = errors over read reference syllables + N_omit (an omission is one error of each kind, §0.5)
@@ -13,6 +13,12 @@ Deviations / choices beyond the spec:
 - N = 0 (nothing to grade): every accuracy and the completeness are 0 and `empty` is set, so a
   blank recording bands 1 instead of dividing by zero.
 - No timed syllable: 字/分钟 is 0 (band 1); `duration_s` is None.
+- Nothing read (N_read = 0, including N = 0): 停顿 bands 1 like every other dimension. With no
+  syllable read there is no fil between two syllables, so the ratio 0/N would otherwise band 5
+  ("no unreasonable pauses") for a recording in which nothing was said.
+- A result ISE rejected (`is_rejected="true"`, §2.9) is graded like any other, but `rejection` carries
+  the flag, `except_info` and its reason, and `ise_expected` = 0.3 × `ise_style`: ISE reports the
+  phone/tone scores of a rejected result as exactly 0.3 × the §2.9 values.
 - `ise_style` recomputes ISE's phone_score/tone_score by §2.9 so they can sit next to ISE's own
   values from XML (`IseRecord.ise_scores`).
 """
@@ -23,8 +29,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from glmtune.tasks.oral_reading.records import (
-    DP_INSERT, DP_NORMAL, DP_OMIT, DP_REPEAT, DP_SUB, FRAMES_PER_SECOND, IseRecord, PauseNode, Syllable,
-    cjk_count,
+    DP_INSERT, DP_NORMAL, DP_OMIT, DP_REPEAT, DP_SUB, FRAMES_PER_SECOND, REJECTED_SCORE_FACTOR, IseRecord,
+    PauseNode, Syllable, cjk_count,
 )
 
 DIMENSIONS = ("语速", "停顿", "声母", "韵母", "声调", "完整度")  # the answer's order (§4 output format)
@@ -77,6 +83,8 @@ class OralMetrics:
     band_segmental: int = 1
     ise_style: dict[str, float] = field(default_factory=dict)
     ise_reported: dict[str, float] = field(default_factory=dict)
+    rejection: dict | None = None  # {"is_rejected", "except_info", "reason", "ise_factor"} when ISE rejected it
+    ise_expected: dict[str, float] = field(default_factory=dict)  # what ISE should report: ise_style × factor
 
     @property
     def duration_s(self) -> Fraction | None:
@@ -146,7 +154,7 @@ def compute_metrics(rec: IseRecord, text: str | None = None) -> OralMetrics:
     )
     m.bands = {
         "语速": band_high_is_good(rate, RATE_EDGES),
-        "停顿": band_pause(pause_ratio),
+        "停顿": band_pause(pause_ratio) if n_read > 0 else 1,  # nothing read: no fluency to credit
         "声母": band_high_is_good(m.acc_initial, ACC_EDGES),
         "韵母": band_high_is_good(m.acc_final, ACC_EDGES),
         "声调": band_high_is_good(m.acc_tone, ACC_EDGES),
@@ -154,6 +162,11 @@ def compute_metrics(rec: IseRecord, text: str | None = None) -> OralMetrics:
     }
     m.band_segmental = band_high_is_good(m.acc_segmental, ACC_EDGES)
     m.ise_style = ise_style_scores(rec)
+    factor = REJECTED_SCORE_FACTOR if rec.rejected else 1.0
+    m.ise_expected = {k: v * factor for k, v in m.ise_style.items()}
+    if rec.rejected:
+        m.rejection = {"is_rejected": True, "except_info": rec.except_info, "reason": rec.except_reason(),
+                       "ise_factor": REJECTED_SCORE_FACTOR}
     return m
 
 
@@ -207,4 +220,5 @@ def metrics_table(m: OralMetrics) -> list[tuple[str, str, str]]:
         ("语速", f"{float(m.rate_per_min):.1f}字/分钟（{float(dur) if dur is not None else 0:.2f}秒）", str(m.bands["语速"])),
         ("停顿", f"句中fil {m.f_int}，占{pct(m.pause_ratio)}（句首{m.f_lead}，句尾{m.f_trail}）", str(m.bands["停顿"])),
         ("完整度", pct(m.completeness), str(m.bands["完整度"])),
-    ]
+    ] + ([("ISE拒识", f"except_info={m.rejection['except_info']}（{m.rejection['reason']}），"
+                      f"ISE分数=重算值×{m.rejection['ise_factor']}", "")] if m.rejection else [])

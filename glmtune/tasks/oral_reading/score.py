@@ -6,7 +6,9 @@ format-validity rate (`answer.parse_answer`: six integer fields in order).
 Invalid answers count as misses in `exact`; correlation-type statistics use the valid pairs only.
 Undefined statistics (constant inputs, fewer than 2 pairs) are None, never NaN, never a crash.
 Baselines on the same items: `rubric` (the engine's bands, from the reference records' `rubric`
-key) and `constant` (the modal label of each dimension).
+key), `constant` (the modal label of each dimension) and, given the out-of-fold predictions of
+`oral baseline` (`learner={id: {dimension: label}}`), `learner`: the metrics-only model a tuned
+model must beat (an item it has no prediction for counts as a miss).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def dimension_stats(y_true: list[int], y_pred: list[int | None]) -> dict:
 
 
 def score_answers(answers: list[str | None], labels: list[dict[str, int]],
-                  rubric: list[dict[str, int]] | None = None) -> dict:
+                  rubric: list[dict[str, int]] | None = None, learner: list[dict[str, int] | None] | None = None) -> dict:
     parsed = [parse_answer(a) if a is not None else (None, None, "no prediction") for a in answers]
     valid = [p[0] for p in parsed]
     report: dict = {
@@ -65,6 +67,11 @@ def score_answers(answers: list[str | None], labels: list[dict[str, int]],
         report["baselines"]["constant"][d]["value"] = mode
         if rubric is not None:
             report["baselines"]["rubric"][d] = dimension_stats(y, [r.get(d) if r else None for r in rubric])
+        if learner is not None:
+            report["baselines"].setdefault("learner", {})[d] = dimension_stats(y, [r.get(d) if r else None
+                                                                                 for r in learner])
+    if learner is not None:
+        report["baselines"]["learner_missing"] = sum(r is None for r in learner)
     if rubric is None:
         report["baselines"].pop("rubric")
     return report
@@ -95,11 +102,12 @@ def _reference(obj: dict) -> tuple[dict[str, int] | None, dict[str, int] | None]
     return labels, obj.get("rubric")
 
 
-def score_files(pred_path: Path, ref_path: Path) -> dict:
-    """Join predictions and references by `id` (else by line order) and score them."""
+def score_files(pred_path: Path, ref_path: Path, learner: dict[str, dict[str, int]] | None = None) -> dict:
+    """Join predictions and references by `id` (else by line order) and score them; `learner`: the
+    baseline's predictions by id, scored as one more baseline."""
     preds, refs = _read_jsonl(pred_path), _read_jsonl(ref_path)
     by_id = {str(p["id"]): p for p in preds if "id" in p}
-    answers, labels, rubric, unlabeled = [], [], [], 0
+    answers, labels, rubric, unlabeled, ref_ids = [], [], [], 0, []
     for i, ref in enumerate(refs):
         lab, rub = _reference(ref)
         if lab is None or any(d not in lab for d in DIMENSIONS):
@@ -109,6 +117,8 @@ def score_files(pred_path: Path, ref_path: Path) -> dict:
         answers.append(_prediction_text(pred) if pred else None)
         labels.append(lab)
         rubric.append(rub)
-    report = score_answers(answers, labels, rubric if all(r is not None for r in rubric) and rubric else None)
+        ref_ids.append(str(ref.get("id")))
+    base = [learner.get(i) for i in ref_ids] if learner is not None else None
+    report = score_answers(answers, labels, rubric if all(r is not None for r in rubric) and rubric else None, base)
     report["unlabeled_refs"] = unlabeled
     return report
