@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from contextlib import asynccontextmanager
 
@@ -24,17 +25,83 @@ from glmtune.serve import protocol as P
 from glmtune.serve.batching import BatchingEngine, EngineClosed, GenRequest, QueueFull
 
 
-def _error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None):
-    return JSONResponse(P.error_body(message, type_, param), status_code=status, headers=headers)
+def _error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None,
+           code: str | None = None):
+    return JSONResponse(P.error_body(message, type_, param, code), status_code=status, headers=headers)
 
 
-def _validation_message(err: RequestValidationError) -> str:
-    parts = []
+RETRY_AFTER_S = "1"
+DISCONNECT_POLL_S = 0.2
+
+
+class ApiKeyAuth:
+    """ASGI middleware: /v1/ paths need 'Authorization: Bearer <key>' (401 otherwise).
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware wraps `receive` so
+    that `request.is_disconnected()` never sees a client leave, and the chat handler relies on it.
+    """
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                  "authentication_error")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `limit` HTTP requests in flight (queued, generating or streaming); the next
+    one gets an OpenAI-style JSON 503 with Retry-After. Paths in `exempt` (/health) are never refused.
+
+    Hand-written because uvicorn's `limit_concurrency` answers a plain-text 503 without Retry-After, which
+    OpenAI clients cannot parse or back off from, and Starlette/FastAPI ship no concurrency limit.
+    Single event loop: the counter needs no lock.
+    """
+
+    def __init__(self, app, limit: int, exempt: tuple[str, ...] = ("/health",)):
+        self.app, self.limit, self.exempt = app, limit, exempt
+        self.in_flight = self.refused = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            response = _error(503, f"server overloaded: {self.in_flight} requests in flight "
+                                   f"(serve.max_concurrent_requests={self.limit}); retry after {RETRY_AFTER_S} s",
+                              "server_error", headers={"Retry-After": RETRY_AFTER_S}, code="server_overloaded")
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|dict|list|none)(\[.*\])?$|^function-")
+
+
+def _validation_error(err: RequestValidationError) -> tuple[str, str | None]:
+    """('field: problem; ...', first field) from pydantic's errors, for OpenAI's `message` and `param`."""
+    parts, params = [], []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        msg = e.get("msg", "").removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts) or "invalid request"
+        # pydantic names the union member that failed (`stop.str`, `stop.list[str]`): the field is enough
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body" and not _UNION_TAG.match(str(x)))
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field (not a chat-completions parameter glmtune serves)"
+        else:
+            msg = e.get("msg", "").removeprefix("Value error, ")
+        part = f"{loc}: {msg}" if loc else msg
+        if part not in parts:
+            parts.append(part)
+        if loc and loc not in params:
+            params.append(loc)
+    return "; ".join(parts) or "invalid request", (params[0] if params else None)
 
 
 def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastAPI:
@@ -59,22 +126,21 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request, err):  # FastAPI answers 422; OpenAI clients expect 400
-        return _error(400, _validation_message(err), "invalid_request_error")
+        message, param = _validation_error(err)
+        return _error(400, message, "invalid_request_error", param)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if cfg.api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
-                return _error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                              "authentication_error")
-        return await call_next(request)
+    if cfg.api_key:
+        app.add_middleware(ApiKeyAuth, key=cfg.api_key)
+
+    # Added last, so it is the outermost layer: an overloaded server refuses before doing any other work.
+    limit = cfg.max_concurrent_requests or cfg.max_queue + cfg.max_batch_size + 16
+    app.add_middleware(ConcurrencyLimit, limit=limit)
 
     @app.get("/health")
     async def health():
         pc = batcher.prefix_cache
         return {"status": "ok", "waiting": batcher.waiting, "running": batcher.running,
-                "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
+                "served": batcher.served, "cancelled": batcher.cancelled, "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
                 "prefix_cache": pc.stats() if pc is not None else None}
 
     @app.get("/v1/models")
@@ -113,7 +179,8 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
         try:
             batcher.submit(req)
         except QueueFull as err:
-            return _error(429, f"server busy: {err}; retry shortly", "rate_limit_error", headers={"Retry-After": "1"})
+            return _error(429, f"server busy: {err}; retry after {RETRY_AFTER_S} s", "rate_limit_error",
+                          headers={"Retry-After": RETRY_AFTER_S})
         except EngineClosed as err:
             return _error(503, str(err), "server_error")
         cid = P.new_id()
@@ -121,16 +188,32 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_sse(batcher, req, events, cid, public, len(ids), include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        # A plain (non-streaming) client that goes away is noticed here, not by the server: nothing is sent
+        # until the end, so poll for the disconnect while waiting and free the request's batch slot.
+        getter, checked = None, time.monotonic()
         try:
             while True:
-                kind, payload = await events.get()
+                getter = getter or asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:  # deltas keep coming: poll by the clock
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        batcher.cancel(req)
+                        return _error(499, "client closed the request", "invalid_request_error")
+                if not done:
+                    continue
+                kind, payload = getter.result()
+                getter = None
                 if kind == "error":
                     return _error(500, f"generation failed: {payload}", "server_error")
                 if kind == "done":
                     break
-        except asyncio.CancelledError:  # client went away
+        except asyncio.CancelledError:  # the server cancelled the handler (shutdown)
             batcher.cancel(req)
             raise
+        finally:
+            if getter is not None:
+                getter.cancel()
         return P.completion_body(cid, public, req.text, req.finish_reason, len(ids), _completion_tokens(req))
 
     return app
