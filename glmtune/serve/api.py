@@ -127,6 +127,9 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request, err):  # FastAPI answers 422; OpenAI clients expect 400
         message, param = _validation_error(err)
+        ctype = request.headers.get("content-type", "")
+        if ctype and "json" not in ctype and all(tuple(e.get("loc", ())) == ("body",) for e in err.errors()):
+            message = f"the body must be JSON sent with 'Content-Type: application/json' (got {ctype!r})"
         return _error(400, message, "invalid_request_error", param)
 
     if cfg.api_key:

@@ -4,7 +4,7 @@ OpenAI-compatible API with continuous batching on the transformers backend:
 
     glmtune serve --run runs/demo serve.port=8000 serve.max_batch_size=16
     glmtune serve --model runs/demo/export --adapter style=runs/style serve.api_key=secret
-    curl -s 127.0.0.1:8000/v1/chat/completions -d '{"model":"demo","messages":[{"role":"user","content":"你好"}]}'
+    curl -s 127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"你好"}]}'
 """
 
 from __future__ import annotations

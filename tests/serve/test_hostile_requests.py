@@ -58,6 +58,10 @@ def test_unknown_field_is_400(start_app):
     url, _ = start_app()
     r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MSG, "max_tokens": 4, "top_kk": 5}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "top_kk", r.text
+    # `curl -d` without -H sends a form content type: say so rather than "Input should be a valid dictionary".
+    r = httpx.post(f"{url}/v1/chat/completions", content=json.dumps({"messages": MSG}).encode(), timeout=60,
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]["message"], r.text
 
 
 def test_neutral_values_of_those_fields_are_accepted(start_app):
