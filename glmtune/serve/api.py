@@ -172,52 +172,63 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
         if len(ids) > cfg.max_prompt_tokens:
             return _error(400, f"prompt has {len(ids)} tokens; the limit is serve.max_prompt_tokens="
                                f"{cfg.max_prompt_tokens}", "invalid_request_error", "messages")
+        if body.n > cfg.max_batch_size:
+            return _error(400, f"n={body.n} exceeds serve.max_batch_size={cfg.max_batch_size} (the choices of one "
+                               "request are decoded together)", "invalid_request_error", "n")
         prefix_len = engine.prefix_boundary(messages, ids) if batcher.prefix_cache is not None else 0
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
-                         adapter=adapter, min_tokens=min(body.min_tokens, max_new), stop=body.stop_list(), prefix_len=prefix_len,
-                         seed=body.seed, timeout_s=cfg.request_timeout_s,
-                         sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        events: asyncio.Queue = asyncio.Queue()  # (choice index, (kind, payload)) from the scheduler thread
+
+        def sink(i):
+            return lambda ev: loop.call_soon_threadsafe(events.put_nowait, (i, ev))
+
+        # n choices = n requests of the batch; with a seed, choice i samples with seed + i (distinct, reproducible)
+        reqs = [GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
+                           adapter=adapter, min_tokens=min(body.min_tokens, max_new), stop=body.stop_list(),
+                           prefix_len=prefix_len, seed=None if body.seed is None else body.seed + i,
+                           timeout_s=cfg.request_timeout_s, sink=sink(i)) for i in range(body.n)]
         try:
-            batcher.submit(req)
-        except QueueFull as err:
+            for req in reqs:
+                batcher.submit(req)
+        except (QueueFull, EngineClosed) as err:
+            for req in reqs:  # all choices or none
+                batcher.cancel(req)
+            if isinstance(err, EngineClosed):
+                return _error(503, str(err), "server_error")
             return _error(429, f"server busy: {err}; retry after {RETRY_AFTER_S} s", "rate_limit_error",
                           headers={"Retry-After": RETRY_AFTER_S})
-        except EngineClosed as err:
-            return _error(503, str(err), "server_error")
         cid = P.new_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(batcher, req, events, cid, public, len(ids), include_usage),
+            return StreamingResponse(_sse(batcher, reqs, events, cid, public, len(ids), include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         # A plain (non-streaming) client that goes away is noticed here, not by the server: nothing is sent
-        # until the end, so poll for the disconnect while waiting and free the request's batch slot.
-        getter, checked = None, time.monotonic()
+        # until the end, so poll for the disconnect while waiting and free the requests' batch slots.
+        getter, checked, pending = None, time.monotonic(), set(range(len(reqs)))
         try:
-            while True:
+            while pending:
                 getter = getter or asyncio.ensure_future(events.get())
                 done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
                 if time.monotonic() - checked >= DISCONNECT_POLL_S:  # deltas keep coming: poll by the clock
                     checked = time.monotonic()
                     if await request.is_disconnected():
-                        batcher.cancel(req)
                         return _error(499, "client closed the request", "invalid_request_error")
                 if not done:
                     continue
-                kind, payload = getter.result()
+                i, (kind, payload) = getter.result()
                 getter = None
                 if kind == "error":
                     return _error(500, f"generation failed: {payload}", "server_error")
                 if kind == "done":
-                    break
-        except asyncio.CancelledError:  # the server cancelled the handler (shutdown)
-            batcher.cancel(req)
-            raise
-        finally:
+                    pending.discard(i)
+        finally:  # disconnect, error, or the server cancelling the handler (shutdown): free every slot
             if getter is not None:
                 getter.cancel()
-        return P.completion_body(cid, public, req.text, req.finish_reason, len(ids), _completion_tokens(req))
+            for req in reqs:
+                if req.finish_reason is None:
+                    batcher.cancel(req)
+        return P.completion_body(cid, public, [(r.text, r.finish_reason) for r in reqs], len(ids),
+                                 sum(_completion_tokens(r) for r in reqs))
 
     return app
 
@@ -227,29 +238,34 @@ def _completion_tokens(req: GenRequest) -> int:
     return len(req.tokens) + (1 if req.finish_reason == "stop" else 0)
 
 
-async def _sse(batcher, req: GenRequest, events: asyncio.Queue, cid: str, model: str, n_prompt: int,
+async def _sse(batcher, reqs: list[GenRequest], events: asyncio.Queue, cid: str, model: str, n_prompt: int,
                include_usage: bool):
     def line(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     try:
-        yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}))
-        while True:
-            kind, payload = await events.get()
+        for i in range(len(reqs)):
+            yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}, index=i))
+        pending, failed = set(range(len(reqs))), False
+        while pending:
+            i, (kind, payload) = await events.get()
             if kind == "delta":
-                yield line(P.chunk_body(cid, model, {"content": payload}))
+                yield line(P.chunk_body(cid, model, {"content": payload}, index=i))
             elif kind == "error":
                 yield line(P.error_body(f"generation failed: {payload}", "server_error"))
+                failed = True
                 break
             else:
-                yield line(P.chunk_body(cid, model, {}, finish=payload))
-                if include_usage:
-                    yield line(P.chunk_body(cid, model, None, use=P.usage(n_prompt, _completion_tokens(req))))
-                break
+                yield line(P.chunk_body(cid, model, {}, finish=payload, index=i))
+                pending.discard(i)
+        if include_usage and not failed:
+            use = P.usage(n_prompt, sum(_completion_tokens(r) for r in reqs))
+            yield line(P.chunk_body(cid, model, None, use=use))
         yield "data: [DONE]\n\n"
-    finally:  # also runs when the client disconnects mid-stream: free its batch slot
-        if req.finish_reason is None:
-            batcher.cancel(req)
+    finally:  # also runs when the client disconnects mid-stream: free its batch slots
+        for req in reqs:
+            if req.finish_reason is None:
+                batcher.cancel(req)
 
 
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):

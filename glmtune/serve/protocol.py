@@ -1,6 +1,6 @@
 """OpenAI chat-completions wire types (the subset glmtune serves), validated at the boundary.
 
-Unknown fields, wrong types (strict: `"8"` is not an integer), unknown roles, n != 1 and OpenAI parameters
+Unknown fields, wrong types (strict: `"8"` is not an integer), unknown roles and OpenAI parameters
 the engine does not implement (logprobs, penalties, logit_bias, tools...) are rejected with HTTP 400 in
 OpenAI's error shape naming the field, as OpenAI's server does for arguments it does not recognise
 (vLLM returns a typed ErrorResponse the same way); nothing a client asks for is silently ignored.
@@ -72,7 +72,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(1.0, ge=0, le=2)
     top_p: float | None = Field(1.0, gt=0, le=1)
-    n: int | None = 1
+    n: int | None = Field(1, ge=1, le=128)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -101,13 +101,6 @@ class ChatCompletionRequest(BaseModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int | None) -> int:
-        if v not in (None, 1):
-            raise ValueError("only n=1 is supported (send n requests instead)")
-        return 1
-
     @field_validator(*_NEUTRAL)
     @classmethod
     def _not_implemented(cls, v, info):
@@ -116,7 +109,7 @@ class ChatCompletionRequest(BaseModel):
         allowed = ["absent", "null"] + [json.dumps(x) for x in _NEUTRAL[info.field_name]]
         raise ValueError(f"not supported by glmtune's server (allowed: {', '.join(allowed)})")
 
-    @field_validator("temperature", "top_p", "stream")
+    @field_validator("temperature", "top_p", "stream", "n")
     @classmethod
     def _null_is_default(cls, v, info):
         return cls.model_fields[info.field_name].default if v is None else v
@@ -136,15 +129,18 @@ def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_body(cid: str, model: str, text: str, finish: str, prompt: int, completion: int) -> dict:
+def completion_body(cid: str, model: str, choices: list[tuple[str, str]], prompt: int, completion: int) -> dict:
+    """`choices`: (text, finish_reason) per choice; `completion`: tokens of all choices (OpenAI's usage)."""
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                        for i, (text, finish) in enumerate(choices)],
             "usage": usage(prompt, completion)}
 
 
-def chunk_body(cid: str, model: str, delta: dict, finish: str | None = None, use: dict | None = None) -> dict:
+def chunk_body(cid: str, model: str, delta: dict | None, finish: str | None = None, use: dict | None = None,
+               index: int = 0) -> dict:
     body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if delta is not None else []}
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}] if delta is not None else []}
     if use is not None:
         body["usage"] = use
     return body

@@ -24,7 +24,6 @@ UNSUPPORTED = [
     ("top_logprobs", 2),
     ("frequency_penalty", 0.5),
     ("presence_penalty", -0.5),
-    ("n", 2),
     ("logit_bias", {"17": 5}),
     ("response_format", {"type": "json_object"}),
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
@@ -36,6 +35,8 @@ WRONG_TYPES = [
     ("temperature", "0.5"),
     ("stream", "false"),
     ("seed", "1"),
+    ("n", "2"),
+    ("n", 0),
 ]
 
 
@@ -80,6 +81,35 @@ def test_neutral_values_of_those_fields_are_accepted(start_app):
     r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MSG, "max_tokens": 8, "temperature": 1},
                    timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 8, r.text
+
+
+def test_n_choices(start_app):
+    url, _ = start_app(max_batch_size=4)
+    c = client(url)
+    one = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=0)
+    greedy = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=0, n=3)
+    assert [ch.index for ch in greedy.choices] == [0, 1, 2]
+    assert {ch.message.content for ch in greedy.choices} == {one.choices[0].message.content}
+    assert greedy.usage.prompt_tokens == one.usage.prompt_tokens
+    assert greedy.usage.completion_tokens == 3 * one.usage.completion_tokens
+    # Sampled choices differ from each other and are reproducible with a seed, streaming or not.
+    kw = dict(model="tiny", messages=MSG, max_tokens=12, temperature=1.0, seed=7, n=3)
+    sampled = [ch.message.content for ch in c.chat.completions.create(**kw).choices]
+    assert len(set(sampled)) == 3, sampled
+    assert [ch.message.content for ch in c.chat.completions.create(**kw).choices] == sampled
+    pieces: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    chunks = list(c.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    for ch in chunks:
+        for choice in ch.choices:
+            pieces[choice.index] = pieces.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert [pieces[i] for i in range(3)] == sampled and set(finishes) == {0, 1, 2}
+    assert chunks[-1].usage.completion_tokens == c.chat.completions.create(**kw).usage.completion_tokens
+    # More choices than the batch holds: 400 naming n.
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MSG, "max_tokens": 4, "n": 5}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "max_batch_size=4" in r.text, r.text
 
 
 # ---- a non-streaming client that goes away: its generation is cancelled and its batch slot freed -------------
