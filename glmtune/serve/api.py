@@ -1,11 +1,12 @@
-"""OpenAI-compatible HTTP API: `/v1/chat/completions` (plain and SSE streaming), `/v1/models`, `/health`.
+"""OpenAI-compatible HTTP API: `/v1/chat/completions` (plain and SSE streaming, n choices), `/v1/models`, `/health`.
 
 `create_app(served, cfg)` is the factory (uvicorn runs it in `serve/cli.py`; tests run it in a thread).
 Every request goes through the batching engine, so concurrent requests are decoded together.
-Limits answer with OpenAI-shaped errors instead of failing (PEERS.md pain 7: LF#4335, a second
-overlapping request killed LLaMA-Factory's server): bad input 400 naming the problem, missing key 401,
-unknown model 404, full queue 429 (with Retry-After), shutting down 503. CORS is off unless
-`serve.cors_origins` lists origins; the bind address defaults to 127.0.0.1 (DESIGN.md rule 10).
+Limits answer with OpenAI-shaped JSON errors instead of failing (a second overlapping request killed
+LLaMA-Factory's server, LF#4335): bad input 400 naming the field, missing key 401, unknown model 404,
+full queue 429 and too many requests in flight 503 (both with Retry-After), shutting down 503. A client
+that disconnects has its generation cancelled. CORS is off unless `serve.cors_origins` lists origins;
+the bind address defaults to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
     @app.get("/health")
     async def health():
         pc = batcher.prefix_cache
-        return {"status": "ok", "waiting": batcher.waiting, "running": batcher.running,
-                "served": batcher.served, "cancelled": batcher.cancelled, "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
+        return {"status": "ok", "waiting": batcher.waiting, "running": batcher.running, "served": batcher.served,
+                "cancelled": batcher.cancelled, "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
                 "prefix_cache": pc.stats() if pc is not None else None}
 
     @app.get("/v1/models")

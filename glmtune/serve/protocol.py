@@ -47,6 +47,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI pads chunks against side channels; nothing to pad here
 
 
 # OpenAI parameters glmtune's engine does not implement: accepted only with a value that changes nothing
@@ -58,8 +59,6 @@ _NEUTRAL = {
     "functions": ([],), "function_call": ("none", "auto"), "parallel_tool_calls": (True, False),
     "modalities": (["text"],), "prediction": (), "audio": (), "web_search_options": (), "reasoning_effort": (),
 }
-# Parameters that only label or route a request on OpenAI's side; harmless to accept and not act on.
-_NO_EFFECT = ("user", "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -94,6 +93,7 @@ class ChatCompletionRequest(BaseModel):
     audio: dict | None = None
     web_search_options: dict | None = None
     reasoning_effort: str | None = None
+    # These only label or route a request on OpenAI's side: accepted, nothing to act on.
     user: str | None = None
     store: bool | None = None
     metadata: dict | None = None
