@@ -105,7 +105,9 @@ def _is_abandoned(folder: Path) -> tuple[bool, str]:
 
     lock = folder / LOCK_NAME
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        fd = os.open(lock, os.O_RDWR)  # writable: NFS emulates flock with write locks
+    except PermissionError:  # another user's export: not ours to judge
+        return False, "not ours"
     except FileNotFoundError:  # a glmtune without locks, or an export in its first/last milliseconds
         try:
             age = time.time() - folder.stat().st_mtime
@@ -114,7 +116,7 @@ def _is_abandoned(folder: Path) -> tuple[bool, str]:
         return age > LOCKLESS_GRACE_S, f"no lock, untouched {age / 60:.0f} min"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # held (EWOULDBLOCK), or locks unsupported here: never remove what may be running
         return False, "running"
     finally:
         os.close(fd)
@@ -126,7 +128,13 @@ def _is_abandoned(folder: Path) -> tuple[bool, str]:
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:  # removed meanwhile (another export sweeping too)
+            pass
+    return total
 
 
 def sweep_stale_staging(out: Path, log=print) -> list[str]:
