@@ -120,11 +120,6 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
 
     app = FastAPI(title="glmtune", lifespan=lifespan)
     app.state.batcher, app.state.served = batcher, served
-    if cfg.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["*"], allow_headers=["*"])
-
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request, err):  # FastAPI answers 422; OpenAI clients expect 400
         message, param = _validation_error(err)
@@ -136,9 +131,14 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
     if cfg.api_key:
         app.add_middleware(ApiKeyAuth, key=cfg.api_key)
 
-    # Added last, so it is the outermost layer: an overloaded server refuses before doing any other work.
+    # The last added is the outermost: an overloaded server refuses before any other work, and CORS wraps
+    # everything so that browsers can read 401/503 answers too and preflights need no API key.
     limit = cfg.max_concurrent_requests or cfg.max_queue + cfg.max_batch_size + 16
     app.add_middleware(ConcurrencyLimit, limit=limit)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["*"], allow_headers=["*"])
 
     @app.get("/health")
     async def health():

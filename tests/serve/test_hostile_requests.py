@@ -217,7 +217,7 @@ def test_cli_server_overload_is_json_with_retry_after(tiny_glm4, tmp_path):
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
         # Limits: 1 running + 4 queued (+ headroom): 48 simultaneous clients overload it.
-        codes = _assert_json_overload(_flood(url, 48, {"messages": MSG, "max_tokens": 40, "min_tokens": 40}))
+        codes = _assert_json_overload(_flood(url, 48, {"messages": MSG, "max_tokens": 20, "min_tokens": 20}))
         assert codes.get(200, 0) >= 1 and codes.get(200, 0) < 48, codes
         health = httpx.get(f"{url}/health", timeout=10).json()
         assert health["running"] == 0 and health["waiting"] == 0
@@ -227,3 +227,15 @@ def test_cli_server_overload_is_json_with_retry_after(tiny_glm4, tmp_path):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_browser_clients_with_api_key_and_cors(start_app):
+    """A preflight needs no key, and a 401 or 503 carries the CORS header so the page can read the error."""
+    origin = "http://app.example"
+    url, _ = start_app(api_key="k", cors_origins=[origin], max_concurrent_requests=1)
+    pre = httpx.options(f"{url}/v1/chat/completions", timeout=30, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code == 200 and pre.headers.get("access-control-allow-origin") == origin, pre.text
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MSG}, headers={"Origin": origin}, timeout=30)
+    assert r.status_code == 401 and r.headers.get("access-control-allow-origin") == origin
