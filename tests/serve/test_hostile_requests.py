@@ -239,3 +239,28 @@ def test_browser_clients_with_api_key_and_cors(start_app):
     assert pre.status_code == 200 and pre.headers.get("access-control-allow-origin") == origin, pre.text
     r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MSG}, headers={"Origin": origin}, timeout=30)
     assert r.status_code == 401 and r.headers.get("access-control-allow-origin") == origin
+
+
+def test_cancelled_waiting_request_leaves_the_queue_at_once(served):
+    """A request cancelled while queued frees its queue place now, not when it reaches the head."""
+    from glmtune.serve.batching import BASE, BatchingEngine, GenRequest
+
+    be = BatchingEngine(served.engine, max_batch_size=1, max_queue=2)
+    events = []
+    try:
+        ids = served.engine.prompt_ids(MSG)
+        long = be.submit(GenRequest(prompt_ids=ids, max_new_tokens=3000, min_tokens=3000, adapter=BASE))
+        queued = be.submit(GenRequest(prompt_ids=ids, max_new_tokens=4, adapter=BASE, sink=events.append))
+        deadline = time.monotonic() + 30
+        while be.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert be.running == 1 and be.waiting == 1
+        be.cancel(queued)
+        assert queued.finish_reason == "cancelled" and be.waiting == 0 and events == [("done", "cancelled")]
+        assert be.cancelled == 1 and long.finish_reason is None  # the running one goes on
+        be.cancel(long)
+        while long.finish_reason is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert long.finish_reason == "cancelled" and len(long.tokens) < 3000 and be.cancelled == 2
+    finally:
+        be.close()
