@@ -14,8 +14,11 @@ registry matches):
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +89,110 @@ def _readable(folder: Path) -> None:
         f.chmod(0o666 & ~mask)
 
 
+LOCK_NAME = ".export.lock"  # inside a staging folder: flock-held by the exporting process while it lives
+LOCKLESS_GRACE_S = 600  # a staging folder without a lock, untouched this long, is abandoned
+
+
+def _staging_pattern(out: Path) -> re.Pattern:
+    # atomic_dir's mkdtemp names: .NAME.<8 chars of [a-z0-9_]>.partial (so ".exp.v2.*" of export "exp.v2" is not ours)
+    return re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.partial")
+
+
+def _is_abandoned(folder: Path) -> tuple[bool, str]:
+    """(abandoned?, who) for a staging folder: its lock can be taken only once the process that held it died
+    (the kernel drops a flock with its holder, kill -9 included; pids can be reused, locks cannot)."""
+    import fcntl
+
+    lock = folder / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR)  # writable: NFS emulates flock with write locks
+    except PermissionError:  # another user's export: not ours to judge
+        return False, "not ours"
+    except FileNotFoundError:  # a glmtune without locks, or an export in its first/last milliseconds
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except OSError:  # renamed into place meanwhile
+            return False, ""
+        return age > LOCKLESS_GRACE_S, f"no lock, untouched {age / 60:.0f} min"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held (EWOULDBLOCK), or locks unsupported here: never remove what may be running
+        return False, "running"
+    finally:
+        os.close(fd)
+    try:
+        pid = lock.read_text().split()[0]
+    except (OSError, IndexError):
+        pid = "?"
+    return True, f"export pid {pid} gone"
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:  # removed meanwhile (another export sweeping too)
+            pass
+    return total
+
+
+def sweep_stale_staging(out: Path, log=print) -> list[str]:
+    """Remove staging folders of `out` left by exports that were killed; leave running ones. One line if any.
+
+    Also tidies atomic_dir's `.NAME.old` when no export of `out` is in progress: removed if `out` exists,
+    put back as `out` if a kill fell between its two renames (so the last complete export is never lost)."""
+    parent, pattern = out.parent, _staging_pattern(out)
+    if not parent.is_dir():
+        return []
+    removed, live = [], 0
+    for folder in sorted(parent.iterdir()):
+        if not pattern.fullmatch(folder.name) or not folder.is_dir():
+            continue
+        abandoned, who = _is_abandoned(folder)
+        if not abandoned:
+            live += 1
+            continue
+        size = _folder_bytes(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(f"{folder.name} ({size / 1e6:.1f} MB, {who})")
+    if removed:
+        log(f"export: removed {len(removed)} staging folder(s) of killed exports in {parent}: {', '.join(removed)}")
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not live:
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            log(f"export: removed {old}, the previous export an interrupted export left behind")
+        else:
+            os.replace(old, out)
+            log(f"export: restored {out} from {old} (an export was killed while swapping folders)")
+    return removed
+
+
+@contextmanager
+def staging_dir(out: str | Path, log=print):
+    """`atomic_dir(out)` whose staging folder holds a flock'ed lock file while this process lives, after
+    sweeping the staging folders of killed exports of `out`. The lock file never reaches `out`."""
+    import fcntl
+    import socket
+
+    from glmtune.utils.io import atomic_dir
+
+    out = Path(out)
+    sweep_stale_staging(out, log)
+    fd = None
+    try:
+        with atomic_dir(out) as staging:
+            fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            yield staging
+            (staging / LOCK_NAME).unlink()  # the flock stays held (on the open fd) through the rename
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _in_memory_merge(run_dir: Path, meta: dict, out: Path, max_bytes: int, torch_dtype) -> dict:
     from glmtune.serve.engine import HFEngine
     from glmtune.methods import get
@@ -110,7 +217,7 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
     from glmtune.export.shards import ShardWriter, parse_size
     from glmtune.models.families import family_of
     from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
-    from glmtune.utils.io import atomic_dir, atomic_write_json
+    from glmtune.utils.io import atomic_write_json
 
     cfg = cfg or ExportSection()
     run_dir = Path(run_dir)
@@ -132,7 +239,7 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
     t0 = time.perf_counter()
     report: dict = {"run": str(run_dir), "method": meta["method"], "base": str(base_dir), "dtype": dtype_name,
                     "device": str(device), "max_shard_bytes": max_bytes}
-    with atomic_dir(out) as staging:
+    with staging_dir(out, log) as staging:
         acfg = adapter_config(artifact)
         why = streaming_unsupported(acfg) if acfg else ("full weights" if full_weights else "no adapter")
         if full_weights or why is None:

@@ -1,11 +1,12 @@
-"""OpenAI-compatible HTTP API: `/v1/chat/completions` (plain and SSE streaming), `/v1/models`, `/health`.
+"""OpenAI-compatible HTTP API: `/v1/chat/completions` (plain and SSE streaming, n choices), `/v1/models`, `/health`.
 
 `create_app(served, cfg)` is the factory (uvicorn runs it in `serve/cli.py`; tests run it in a thread).
 Every request goes through the batching engine, so concurrent requests are decoded together.
-Limits answer with OpenAI-shaped errors instead of failing (PEERS.md pain 7: LF#4335, a second
-overlapping request killed LLaMA-Factory's server): bad input 400 naming the problem, missing key 401,
-unknown model 404, full queue 429 (with Retry-After), shutting down 503. CORS is off unless
-`serve.cors_origins` lists origins; the bind address defaults to 127.0.0.1 (DESIGN.md rule 10).
+Limits answer with OpenAI-shaped JSON errors instead of failing (a second overlapping request killed
+LLaMA-Factory's server, LF#4335): bad input 400 naming the field, missing key 401, unknown model 404,
+full queue 429 and too many requests in flight 503 (both with Retry-After), shutting down 503. A client
+that disconnects has its generation cancelled. CORS is off unless `serve.cors_origins` lists origins;
+the bind address defaults to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from contextlib import asynccontextmanager
 
@@ -24,17 +26,83 @@ from glmtune.serve import protocol as P
 from glmtune.serve.batching import BatchingEngine, EngineClosed, GenRequest, QueueFull
 
 
-def _error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None):
-    return JSONResponse(P.error_body(message, type_, param), status_code=status, headers=headers)
+def _error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None,
+           code: str | None = None):
+    return JSONResponse(P.error_body(message, type_, param, code), status_code=status, headers=headers)
 
 
-def _validation_message(err: RequestValidationError) -> str:
-    parts = []
+RETRY_AFTER_S = "1"
+DISCONNECT_POLL_S = 0.2
+
+
+class ApiKeyAuth:
+    """ASGI middleware: /v1/ paths need 'Authorization: Bearer <key>' (401 otherwise).
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware wraps `receive` so
+    that `request.is_disconnected()` never sees a client leave, and the chat handler relies on it.
+    """
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                  "authentication_error")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `limit` HTTP requests in flight (queued, generating or streaming); the next
+    one gets an OpenAI-style JSON 503 with Retry-After. Paths in `exempt` (/health) are never refused.
+
+    Hand-written because uvicorn's `limit_concurrency` answers a plain-text 503 without Retry-After, which
+    OpenAI clients cannot parse or back off from, and Starlette/FastAPI ship no concurrency limit.
+    Single event loop: the counter needs no lock.
+    """
+
+    def __init__(self, app, limit: int, exempt: tuple[str, ...] = ("/health",)):
+        self.app, self.limit, self.exempt = app, limit, exempt
+        self.in_flight = self.refused = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            response = _error(503, f"server overloaded: {self.in_flight} requests in flight "
+                                   f"(serve.max_concurrent_requests={self.limit}); retry after {RETRY_AFTER_S} s",
+                              "server_error", headers={"Retry-After": RETRY_AFTER_S}, code="server_overloaded")
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|dict|list|none)(\[.*\])?$|^function-")
+
+
+def _validation_error(err: RequestValidationError) -> tuple[str, str | None]:
+    """('field: problem; ...', first field) from pydantic's errors, for OpenAI's `message` and `param`."""
+    parts, params = [], []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        msg = e.get("msg", "").removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts) or "invalid request"
+        # pydantic names the union member that failed (`stop.str`, `stop.list[str]`): the field is enough
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body" and not _UNION_TAG.match(str(x)))
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field (not a chat-completions parameter glmtune serves)"
+        else:
+            msg = e.get("msg", "").removeprefix("Value error, ")
+        part = f"{loc}: {msg}" if loc else msg
+        if part not in parts:
+            parts.append(part)
+        if loc and loc not in params:
+            params.append(loc)
+    return "; ".join(parts) or "invalid request", (params[0] if params else None)
 
 
 def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastAPI:
@@ -52,29 +120,31 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
 
     app = FastAPI(title="glmtune", lifespan=lifespan)
     app.state.batcher, app.state.served = batcher, served
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request, err):  # FastAPI answers 422; OpenAI clients expect 400
+        message, param = _validation_error(err)
+        ctype = request.headers.get("content-type", "")
+        if ctype and "json" not in ctype and all(tuple(e.get("loc", ())) == ("body",) for e in err.errors()):
+            message = f"the body must be JSON sent with 'Content-Type: application/json' (got {ctype!r})"
+        return _error(400, message, "invalid_request_error", param)
+
+    if cfg.api_key:
+        app.add_middleware(ApiKeyAuth, key=cfg.api_key)
+
+    # The last added is the outermost: an overloaded server refuses before any other work, and CORS wraps
+    # everything so that browsers can read 401/503 answers too and preflights need no API key.
+    limit = cfg.max_concurrent_requests or cfg.max_queue + cfg.max_batch_size + 16
+    app.add_middleware(ConcurrencyLimit, limit=limit)
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["*"], allow_headers=["*"])
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request, err):  # FastAPI answers 422; OpenAI clients expect 400
-        return _error(400, _validation_message(err), "invalid_request_error")
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if cfg.api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
-                return _error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                              "authentication_error")
-        return await call_next(request)
-
     @app.get("/health")
     async def health():
         pc = batcher.prefix_cache
-        return {"status": "ok", "waiting": batcher.waiting, "running": batcher.running,
-                "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
+        return {"status": "ok", "waiting": batcher.waiting, "running": batcher.running, "served": batcher.served,
+                "cancelled": batcher.cancelled, "max_batch_size": batcher.max_batch_size, "max_queue": batcher.max_queue,
                 "prefix_cache": pc.stats() if pc is not None else None}
 
     @app.get("/v1/models")
@@ -103,35 +173,63 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
         if len(ids) > cfg.max_prompt_tokens:
             return _error(400, f"prompt has {len(ids)} tokens; the limit is serve.max_prompt_tokens="
                                f"{cfg.max_prompt_tokens}", "invalid_request_error", "messages")
+        if body.n > cfg.max_batch_size:
+            return _error(400, f"n={body.n} exceeds serve.max_batch_size={cfg.max_batch_size} (the choices of one "
+                               "request are decoded together)", "invalid_request_error", "n")
         prefix_len = engine.prefix_boundary(messages, ids) if batcher.prefix_cache is not None else 0
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
-                         adapter=adapter, min_tokens=min(body.min_tokens, max_new), stop=body.stop_list(), prefix_len=prefix_len,
-                         seed=body.seed, timeout_s=cfg.request_timeout_s,
-                         sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        events: asyncio.Queue = asyncio.Queue()  # (choice index, (kind, payload)) from the scheduler thread
+
+        def sink(i):
+            return lambda ev: loop.call_soon_threadsafe(events.put_nowait, (i, ev))
+
+        # n choices = n requests of the batch; with a seed, choice i samples with seed + i (distinct, reproducible)
+        reqs = [GenRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
+                           adapter=adapter, min_tokens=min(body.min_tokens, max_new), stop=body.stop_list(),
+                           prefix_len=prefix_len, seed=None if body.seed is None else body.seed + i,
+                           timeout_s=cfg.request_timeout_s, sink=sink(i)) for i in range(body.n)]
         try:
-            batcher.submit(req)
-        except QueueFull as err:
-            return _error(429, f"server busy: {err}; retry shortly", "rate_limit_error", headers={"Retry-After": "1"})
-        except EngineClosed as err:
-            return _error(503, str(err), "server_error")
+            for req in reqs:
+                batcher.submit(req)
+        except (QueueFull, EngineClosed) as err:
+            for req in reqs:  # all choices or none
+                batcher.cancel(req)
+            if isinstance(err, EngineClosed):
+                return _error(503, str(err), "server_error")
+            return _error(429, f"server busy: {err}; retry after {RETRY_AFTER_S} s", "rate_limit_error",
+                          headers={"Retry-After": RETRY_AFTER_S})
         cid = P.new_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(batcher, req, events, cid, public, len(ids), include_usage),
+            return StreamingResponse(_sse(batcher, reqs, events, cid, public, len(ids), include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        # A plain (non-streaming) client that goes away is noticed here, not by the server: nothing is sent
+        # until the end, so poll for the disconnect while waiting and free the requests' batch slots.
+        getter, checked, pending = None, time.monotonic(), set(range(len(reqs)))
         try:
-            while True:
-                kind, payload = await events.get()
+            while pending:
+                getter = getter or asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:  # deltas keep coming: poll by the clock
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        return _error(499, "client closed the request", "invalid_request_error")
+                if not done:
+                    continue
+                i, (kind, payload) = getter.result()
+                getter = None
                 if kind == "error":
                     return _error(500, f"generation failed: {payload}", "server_error")
                 if kind == "done":
-                    break
-        except asyncio.CancelledError:  # client went away
-            batcher.cancel(req)
-            raise
-        return P.completion_body(cid, public, req.text, req.finish_reason, len(ids), _completion_tokens(req))
+                    pending.discard(i)
+        finally:  # disconnect, error, or the server cancelling the handler (shutdown): free every slot
+            if getter is not None:
+                getter.cancel()
+            for req in reqs:
+                if req.finish_reason is None:
+                    batcher.cancel(req)
+        return P.completion_body(cid, public, [(r.text, r.finish_reason) for r in reqs], len(ids),
+                                 sum(_completion_tokens(r) for r in reqs))
 
     return app
 
@@ -141,29 +239,34 @@ def _completion_tokens(req: GenRequest) -> int:
     return len(req.tokens) + (1 if req.finish_reason == "stop" else 0)
 
 
-async def _sse(batcher, req: GenRequest, events: asyncio.Queue, cid: str, model: str, n_prompt: int,
+async def _sse(batcher, reqs: list[GenRequest], events: asyncio.Queue, cid: str, model: str, n_prompt: int,
                include_usage: bool):
     def line(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     try:
-        yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}))
-        while True:
-            kind, payload = await events.get()
+        for i in range(len(reqs)):
+            yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}, index=i))
+        pending, failed = set(range(len(reqs))), False
+        while pending:
+            i, (kind, payload) = await events.get()
             if kind == "delta":
-                yield line(P.chunk_body(cid, model, {"content": payload}))
+                yield line(P.chunk_body(cid, model, {"content": payload}, index=i))
             elif kind == "error":
                 yield line(P.error_body(f"generation failed: {payload}", "server_error"))
+                failed = True
                 break
             else:
-                yield line(P.chunk_body(cid, model, {}, finish=payload))
-                if include_usage:
-                    yield line(P.chunk_body(cid, model, None, use=P.usage(n_prompt, _completion_tokens(req))))
-                break
+                yield line(P.chunk_body(cid, model, {}, finish=payload, index=i))
+                pending.discard(i)
+        if include_usage and not failed:
+            use = P.usage(n_prompt, sum(_completion_tokens(r) for r in reqs))
+            yield line(P.chunk_body(cid, model, None, use=use))
         yield "data: [DONE]\n\n"
-    finally:  # also runs when the client disconnects mid-stream: free its batch slot
-        if req.finish_reason is None:
-            batcher.cancel(req)
+    finally:  # also runs when the client disconnects mid-stream: free its batch slots
+        for req in reqs:
+            if req.finish_reason is None:
+                batcher.cancel(req)
 
 
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):

@@ -111,7 +111,8 @@ class BatchingEngine:
                           and not getattr(config, "sliding_window", None))
         self._adapter: str | None = None
         self._closed = False
-        self.served = self.errors = self.max_batch_seen = 0
+        self.served = self.errors = self.max_batch_seen = self.cancelled = 0
+        self._count_lock = threading.Lock()  # _finish runs on the scheduler thread and in cancel()
         self._thread = threading.Thread(target=self._loop, name="glmtune-batching", daemon=True)
         self._thread.start()
 
@@ -137,7 +138,14 @@ class BatchingEngine:
         return req
 
     def cancel(self, req: GenRequest) -> None:
-        req.cancelled = True  # the scheduler drops it before its next step
+        """Stop `req`: a waiting request leaves the queue now; a running one leaves the batch at the next step."""
+        with self._cv:
+            req.cancelled = True
+            for i, waiting in enumerate(self._waiting):
+                if waiting is req:  # identity: two requests may be equal field by field
+                    del self._waiting[i]
+                    self._finish(req, "cancelled")
+                    break
 
     def generate(self, prompt_ids: list[int], **kw) -> GenRequest:
         """Blocking helper: submit and wait; returns the finished request (text, tokens, finish_reason)."""
@@ -379,7 +387,9 @@ class BatchingEngine:
 
     def _finish(self, req: GenRequest, reason: str | None = None, error: str | None = None) -> None:
         req.finish_reason = reason or "error"
-        self.served += 1
+        with self._count_lock:
+            self.served += 1
+            self.cancelled += req.finish_reason == "cancelled"
         if req.sink:
             req.sink(("error", error) if error else ("done", req.finish_reason))
 

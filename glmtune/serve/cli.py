@@ -4,7 +4,7 @@ OpenAI-compatible API with continuous batching on the transformers backend:
 
     glmtune serve --run runs/demo serve.port=8000 serve.max_batch_size=16
     glmtune serve --model runs/demo/export --adapter style=runs/style serve.api_key=secret
-    curl -s 127.0.0.1:8000/v1/chat/completions -d '{"model":"demo","messages":[{"role":"user","content":"你好"}]}'
+    curl -s 127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"你好"}]}'
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run(args) -> int:
               + ("" if cfg.api_key else " and has no serve.api_key"))
     print(f"serving {sorted(served.names)} on http://{cfg.host}:{cfg.port}/v1 "
           f"(batch {cfg.max_batch_size}, queue {cfg.max_queue})")
-    # limit_concurrency: connections beyond queue + batch + headroom get 503 from uvicorn itself.
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
-                limit_concurrency=cfg.max_queue + cfg.max_batch_size + 16)
+    # No uvicorn limit_concurrency: it answers a plain-text 503 without Retry-After (and counts idle
+    # keep-alive connections); the app's own ConcurrencyLimit answers overload in OpenAI's JSON shape.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
     return 0

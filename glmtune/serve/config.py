@@ -11,6 +11,9 @@ class ServeSection(Section):
     api_key: str | None = Field(None, description="If set, requests need 'Authorization: Bearer <key>'.")
     max_batch_size: int = Field(16, ge=1, description="Requests decoded together by the batching engine.")
     max_queue: int = Field(64, ge=1, description="Waiting requests beyond this get HTTP 429.")
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, description="HTTP requests handled at once (waiting, generating or streaming); more get a JSON "
+        "503 with Retry-After. Default: max_queue + max_batch_size + 16.")
     max_new_tokens: int = Field(512, ge=1, description="Upper bound on max_tokens per request.")
     max_prompt_tokens: int = Field(8192, ge=1, description="Longer prompts get HTTP 400.")
     prefix_cache_tokens: int = Field(32768, ge=0, description="KV of prompt prefixes up to the last message boundary "

@@ -1,11 +1,14 @@
 """OpenAI chat-completions wire types (the subset glmtune serves), validated at the boundary.
 
-Unknown fields are ignored as OpenAI's server does; wrong types, unknown roles, n != 1 and the like
-are rejected with HTTP 400 in OpenAI's error shape (vLLM returns a typed ErrorResponse the same way).
+Unknown fields, wrong types (strict: `"8"` is not an integer), unknown roles and OpenAI parameters
+the engine does not implement (logprobs, penalties, logit_bias, tools...) are rejected with HTTP 400 in
+OpenAI's error shape naming the field, as OpenAI's server does for arguments it does not recognise
+(vLLM returns a typed ErrorResponse the same way); nothing a client asks for is silently ignored.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
@@ -16,7 +19,7 @@ ROLES = ("system", "user", "assistant", "observation")
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: str
     content: str | list[dict] | None = ""
 
@@ -42,31 +45,74 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI pads chunks against side channels; nothing to pad here
+
+
+# OpenAI parameters glmtune's engine does not implement: accepted only with a value that changes nothing
+# (absent, null, or the neutral value below), otherwise HTTP 400 naming the field. Silently ignoring them
+# would answer something other than what the client asked for, with status 200.
+_NEUTRAL = {
+    "logprobs": (False,), "top_logprobs": (0,), "frequency_penalty": (0,), "presence_penalty": (0,),
+    "logit_bias": ({},), "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none", "auto"),
+    "functions": ([],), "function_call": ("none", "auto"), "parallel_tool_calls": (True, False),
+    "modalities": (["text"],), "prediction": (), "audio": (), "web_search_options": (), "reasoning_effort": (),
+}
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Strict types (`max_tokens: "8"` is an error, not 8) and no unknown fields, as OpenAI's own server."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str = "default"
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = 1
-    stream: bool = False
+    temperature: float | None = Field(1.0, ge=0, le=2)
+    top_p: float | None = Field(1.0, gt=0, le=1)
+    n: int | None = Field(1, ge=1, le=128)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     min_tokens: int = Field(0, ge=0)  # vLLM extension: no stop token before this many tokens
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = None
+    prediction: dict | None = None
+    audio: dict | None = None
+    web_search_options: dict | None = None
+    reasoning_effort: str | None = None
+    # These only label or route a request on OpenAI's side: accepted, nothing to act on.
+    user: str | None = None
+    store: bool | None = None
+    metadata: dict | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
 
-    @field_validator("n")
+    @field_validator(*_NEUTRAL)
     @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
+    def _not_implemented(cls, v, info):
+        if v is None or v in _NEUTRAL[info.field_name]:
+            return None
+        allowed = ["absent", "null"] + [json.dumps(x) for x in _NEUTRAL[info.field_name]]
+        raise ValueError(f"not supported by glmtune's server (allowed: {', '.join(allowed)})")
+
+    @field_validator("temperature", "top_p", "stream", "n")
+    @classmethod
+    def _null_is_default(cls, v, info):
+        return cls.model_fields[info.field_name].default if v is None else v
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -83,15 +129,18 @@ def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_body(cid: str, model: str, text: str, finish: str, prompt: int, completion: int) -> dict:
+def completion_body(cid: str, model: str, choices: list[tuple[str, str]], prompt: int, completion: int) -> dict:
+    """`choices`: (text, finish_reason) per choice; `completion`: tokens of all choices (OpenAI's usage)."""
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                        for i, (text, finish) in enumerate(choices)],
             "usage": usage(prompt, completion)}
 
 
-def chunk_body(cid: str, model: str, delta: dict, finish: str | None = None, use: dict | None = None) -> dict:
+def chunk_body(cid: str, model: str, delta: dict | None, finish: str | None = None, use: dict | None = None,
+               index: int = 0) -> dict:
     body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if delta is not None else []}
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}] if delta is not None else []}
     if use is not None:
         body["usage"] = use
     return body
