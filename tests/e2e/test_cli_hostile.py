@@ -182,3 +182,27 @@ def test_data_check_on_a_missing_file_or_folder_checks_the_others(tmp_path):
     assert f"{tmp_path / 'nope.jsonl'}: data file not found" in p.stdout
     assert f"{tmp_path}: is a folder, not a data file" in p.stdout
     assert f"{good}: 1 good record(s), 0 problem(s)" in p.stdout
+
+
+@pytest.mark.slow
+def test_train_truncates_and_counts_a_10000_message_conversation(tmp_path):
+    """Row 6: before, 500 turns took 170 s and 10,000 never finished; the 600 s subprocess timeout is a hang
+    guard, not a measurement (benchmarks/long_conversation.py times it)."""
+    msgs = [{"role": "system", "content": "你是老师"}]
+    for i in range(5000):
+        msgs += [{"role": "user", "content": f"第{i}题"}, {"role": "assistant", "content": f"答{i}"}]
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"\n".join([enc({"messages": msgs})] + [enc(rec(i)) for i in range(7)]) + b"\n")
+    p = glmtune("data", "check", data)
+    assert p.returncode == 0 and "8 good record(s), 0 problem(s)" in p.stdout
+    run = tmp_path / "run"
+    p = glmtune("train", f"data.train={data}", f"train.output_dir={run}", "data.cutoff_len=512", "data.val_size=0",
+                "train.max_steps=1", "train.batch_size=8", "plan.strict=false")
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["truncated"] == 1 and report["samples_used"] == 8
+    skip = json.loads((run / "skips.jsonl").read_text().splitlines()[0])
+    assert skip["kind"] == "truncated" and skip["source"] == f"{data}:1"
+    assert skip["tokens_before"] > 50_000 and skip["tokens_after"] <= 512
+    assert 4900 < skip["turns_lost"] < 5000 and skip["supervised_lost"] > 10_000
