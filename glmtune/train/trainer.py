@@ -89,11 +89,11 @@ def check_finite_weights(model, step: int, when: str) -> None:
                             f"inf/nan; nothing was saved {when}. Lower train.lr or check the data.")
 
 
-def rotate_complete_checkpoints(ckpt_root: Path, limit: int | None, best: str | None) -> None:
+def rotate_complete_checkpoints(ckpt_root: Path, limit: int | None, newest: Path, best: str | None) -> None:
     """transformers' checkpoint rotation, run only once the newest checkpoint is complete, and deleting safely.
 
     HF rotates inside its own save, before our completion marker exists, so a kill right then could leave no
-    complete checkpoint at all with save_total_limit=1. Here the newest complete one and the best one are kept,
+    complete checkpoint at all with save_total_limit=1. Here `newest` (just completed) and the best one are kept,
     and each deleted folder loses its marker first, so a kill mid-delete never leaves a half folder that
     looks complete.
     """
@@ -101,15 +101,14 @@ def rotate_complete_checkpoints(ckpt_root: Path, limit: int | None, best: str | 
 
     from transformers.trainer_utils import sort_checkpoints
 
-    from glmtune.train.callbacks import COMPLETE, complete_checkpoints
+    from glmtune.train.callbacks import COMPLETE
 
-    if not limit:
+    if not limit or not (Path(newest) / COMPLETE).exists():
         return
     ckpts = sort_checkpoints(str(ckpt_root), use_mtime=True)
-    done = complete_checkpoints(ckpt_root)
-    if len(ckpts) <= limit or not done:
+    if len(ckpts) <= limit:
         return
-    protected = {str(done[-1])} | ({str(Path(best))} if best else set())
+    protected = {str(newest)} | ({str(Path(best))} if best else set())
     remaining = len(ckpts)
     for ckpt in ckpts:
         if remaining <= max(limit, len(protected)):
@@ -259,13 +258,13 @@ def make_trainer_class():
             if self.args.should_save:
                 ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
                 atomic_write_text(ckpt / COMPLETE, json.dumps({"step": self.state.global_step, "time": time.time()}))
-                rotate_complete_checkpoints(Path(self.args.output_dir), limit, self.state.best_model_checkpoint)
+                rotate_complete_checkpoints(Path(self.args.output_dir), limit, ckpt, self.state.best_model_checkpoint)
 
     return GlmTrainer
 
 
 def resolve_resume(cfg, out: Path) -> str | None:
-    from glmtune.train.callbacks import complete_checkpoints
+    from glmtune.train.callbacks import COMPLETE, complete_checkpoints
 
     r = cfg.train.resume
     if r == "never":
@@ -277,14 +276,11 @@ def resolve_resume(cfg, out: Path) -> str | None:
         partial = sorted((out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").is_dir() else []
         if partial and int(os.environ.get("RANK", "0")) == 0:
             print(f"train.resume=auto: no complete checkpoint in {out / 'checkpoints'} ({len(partial)} folder(s) "
-                  f"without the {COMPLETE_NAME} marker: saves cut short); starting from step 0", flush=True)
+                  f"without the {COMPLETE} marker: saves cut short); starting from step 0", flush=True)
         return None
     if not Path(r).exists():
         raise ConfigError(f"train.resume: checkpoint {r} not found")
     return r
-
-
-COMPLETE_NAME = "GLMTUNE_COMPLETE"  # = callbacks.COMPLETE, repeated so this module imports no transformers
 
 
 def train(cfg, callbacks=(), quiet: bool = False) -> RunResult:

@@ -92,6 +92,19 @@ def test_kill_before_the_new_checkpoint_is_complete_keeps_the_last_complete_one(
     assert (run / "checkpoints" / "checkpoint-4" / COMPLETE).exists()
 
 
+def test_rotation_keeps_the_checkpoint_just_written_even_below_an_older_branch(tmp_path, grading_file, tiny_glm4):
+    run = tmp_path / "r"
+    train(cfg_for(grading_file, run, tiny_glm4, "train.max_steps=4", "train.save_steps=2", "train.save_total_limit=null"),
+          quiet=True)
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["checkpoint-2", "checkpoint-4"]
+    # resume the older checkpoint on purpose; the run ends at step 3, below the other branch's checkpoint-4
+    res = train(cfg_for(grading_file, run, tiny_glm4, "train.max_steps=3", "train.save_steps=2",
+                        "train.save_total_limit=1", f"train.resume={run / 'checkpoints' / 'checkpoint-2'}"), quiet=True)
+    assert res.summary["steps"] == 3
+    assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-3"]
+    assert complete_checkpoints(run / "checkpoints") == [run / "checkpoints" / "checkpoint-3"]
+
+
 def test_resume_that_finds_no_complete_checkpoint_says_so(tmp_path, grading_file, tiny_glm4, capsys):
     run = tmp_path / "r"
     half = run / "checkpoints" / "checkpoint-4"
