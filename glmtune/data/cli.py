@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     c = sub.add_parser("check", help="validate records; list every problem; exit 1 if any")
     c.add_argument("files", nargs="+")
-    c.add_argument("--format", default="auto", help="auto|messages|conversations|sharegpt|alpaca|columns")
+    c.add_argument("--format", default="auto", choices=["auto", "messages", "conversations", "sharegpt", "alpaca",
+                                                         "columns"])
     c.add_argument("--prompt-column", default=None)
     c.add_argument("--response-column", default=None)
     c.add_argument("--history-column", default=None)
@@ -28,13 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args) -> int:
     from glmtune.config.schema import ColumnMap
-    from glmtune.data.formats import read_file
+    from glmtune.data.formats import DataError, read_file
 
     cm = ColumnMap(**{k: v for k, v in dict(prompt=args.prompt_column, response=args.response_column,
                                             history=args.history_column).items() if v})
     bad = 0
     for f in args.files:
-        convs, issues = read_file(f, args.format, cm)
+        try:
+            convs, issues = read_file(f, args.format, cm)
+        except DataError as err:  # missing, a folder, unreadable: say so and check the other files
+            print(err)
+            bad += 1
+            continue
         for issue in issues:
             print(issue)
         bad += len(issues)

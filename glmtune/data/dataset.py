@@ -118,10 +118,12 @@ def prepare(cfg, tokenizer, stop_ids: list[int]) -> Prepared:
     d = cfg.data
     train_c, val_c, test_c, issues = split_conversations(d)
     report = SkipReport()
+    unreadable = [i for i in issues if not i.source.line]  # a whole file (e.g. no records): never skippable
+    if unreadable or (issues and d.on_bad_record == "error"):
+        raise DataError(unreadable or issues)
     if issues:
-        if d.on_bad_record == "error":
-            raise DataError(issues)
-        report.skips += [Skip(str(i.source), "bad_record", f"{i.field}: {i.message}") for i in issues]
+        report.skips += [Skip(str(i.source), "bad_record", f"{i.field}: {i.message}" if i.field else i.message)
+                         for i in issues]
     renderer = Renderer(tokenizer, stop_ids, d.loss_on)
 
     def render_all(convs: list[Conversation]) -> list[Example]:
@@ -142,7 +144,7 @@ def prepare(cfg, tokenizer, stop_ids: list[int]) -> Prepared:
         raise DataError([DataIssue(_src(s.source), "<sample>", f"{s.reason} (data.overlength=error)") for s in too_long])
     report.used = len(train) + len(val)
     if not train:
-        raise ValueError(f"no training samples left: {report.lines()[0]}")
+        raise DataError([DataIssue(_src(f"{d.train}:0"), "", f"no training samples left: {report.lines()[0]}")])
     return Prepared(train, val, test_c, report, renderer, train_c, val_c)
 
 

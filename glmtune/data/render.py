@@ -88,18 +88,12 @@ class Renderer:
         assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if self.loss_on == "last_turn":
             assistant = assistant[-1:]
+        spans = _windowed_spans(self.tokenizer, messages, full, assistant) if len(assistant) > PREFIX_MAX else None
+        if spans is None:
+            spans = [_prefix_span(self.tokenizer, messages, full, k) for k in assistant]
         stops = set(self.stop_ids)
         close_at_end = False
-        for k in assistant:
-            start = len(chat_ids(self.tokenizer, messages[:k], add_generation_prompt=True))
-            through = full if k == len(messages) - 1 else chat_ids(self.tokenizer, messages[: k + 1])
-            end = len(through)
-            if full[:end] != through or start > end:
-                raise TemplateError(
-                    "the chat template is not prefix-stable (rendering a conversation's first turns does not give "
-                    "a prefix of the whole): answers cannot be located. Set model.chat_template to a template "
-                    "that renders turns independently."
-                )
+        for start, end in spans:
             labels[start:end] = full[start:end]
             if not stops.intersection(full[max(start, end - 2):end]):
                 # The template did not close the turn itself: supervise the token that closes it.
@@ -115,6 +109,66 @@ class Renderer:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Ids of a generation prompt (history ending with a user turn)."""
         return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+
+
+def _prefix_span(tokenizer, messages: list[dict], full: list[int], k: int) -> tuple[int, int]:
+    """Token span of assistant turn k in `full`, from renders of the conversation's first k(+1) turns."""
+    start = len(chat_ids(tokenizer, messages[:k], add_generation_prompt=True))
+    through = full if k == len(messages) - 1 else chat_ids(tokenizer, messages[: k + 1])
+    end = len(through)
+    if full[:end] != through or start > end:
+        raise TemplateError(
+            "the chat template is not prefix-stable (rendering a conversation's first turns does not give "
+            "a prefix of the whole): answers cannot be located. Set model.chat_template to a template "
+            "that renders turns independently."
+        )
+    return start, end
+
+
+PREFIX_MAX = 8  # conversations with at most this many supervised answers are rendered by prefixes
+WINDOW = 2  # exchanges per render in _windowed_spans (apply_chat_template's per-call cost dominates)
+
+
+def _windowed_spans(tokenizer, messages: list[dict], full: list[int], assistant: list[int]) -> list | None:
+    """The spans `_prefix_span` gives, in time linear in the conversation's length; None if not provable here.
+
+    Prefix renders cost O(turns²) (a 10,000-turn chat never finished). Here each render covers only a window
+    of WINDOW exchanges (each starting at a user turn), after the system turn: the window's new tokens are
+    placed at the offset where its first user turn ends in `full`. Every window's tokens are checked against
+    `full` (so the pieces rebuild it exactly); a template whose turns do not render independently fails the
+    check and the caller falls back to prefix renders.
+    """
+    n = len(messages)
+    head = messages[:1] if messages[0]["role"] == "system" else []
+    s = len(head)
+    if s >= n or messages[s]["role"] == "assistant":
+        return None
+    anchors = [s] + [i for i in range(s + 1, n) if messages[i]["role"] == "user"]
+    want = set(assistant)
+    length = {s + 1: len(chat_ids(tokenizer, messages[: s + 1]))}  # j -> tokens of messages[:j] in `full`
+    gen: dict[int, int] = {}
+    for w in range(0, len(anchors), WINDOW):
+        a = anchors[w]
+        stop = anchors[w + WINDOW] + 1 if w + WINDOW < len(anchors) else n
+        base = length[a + 1]
+        ctx = chat_ids(tokenizer, head + messages[a: a + 1])
+        last = chat_ids(tokenizer, head + messages[a:stop])
+        if last[: len(ctx)] != ctx or last[len(ctx):] != full[base: base + len(last) - len(ctx)]:
+            return None
+        length[stop] = base + len(last) - len(ctx)
+        for k in range(a + 1, stop):
+            if k not in want:
+                continue
+            if k + 1 < stop:
+                through = chat_ids(tokenizer, head + messages[a: k + 1])
+                if last[: len(through)] != through:
+                    return None
+                length[k + 1] = base + len(through) - len(ctx)
+            gen[k] = base + len(chat_ids(tokenizer, head + messages[a:k], add_generation_prompt=True)) - len(ctx)
+    if length[n] != len(full):
+        return None
+    spans = [(gen[k], length[k + 1]) for k in assistant]
+    return spans if all(st <= end for st, end in spans) else None
 
 
 def _shorten_middle(text: str, drop_chars: int) -> str:
@@ -147,14 +201,25 @@ def render_with_policy(conv: Conversation, r: Renderer, cutoff: int, policy: str
     msgs = [dict(m) for m in conv.messages]
     turns_lost = 0
     sys_off = 1 if msgs[0]["role"] == "system" else 0
-    # 1) oldest turns first, keeping at least the final user/assistant pair.
-    while len(ids) > cutoff and len(msgs) - sys_off > 2:
-        nxt = next(i for i in range(sys_off + 1, len(msgs)) if msgs[i]["role"] == "user") if any(
-            m["role"] == "user" for m in msgs[sys_off + 1:]) else None
-        if nxt is None:
-            break
-        msgs = msgs[:sys_off] + msgs[nxt:]
-        turns_lost += 1
+    # 1) oldest turns first, keeping at least the final user/assistant pair: the fewest whole exchanges to
+    #    drop, found by bisection on rendered lengths (dropping one at a time re-rendered O(turns²) tokens).
+    users = [i for i in range(sys_off + 1, len(msgs)) if msgs[i]["role"] == "user"]
+    most = 0  # drops allowed: while more than the final pair is left (the one-at-a-time rule)
+    while most < len(users) and len(msgs) - (users[most - 1] if most else sys_off) > 2:
+        most += 1
+
+    def after(t: int) -> list[dict]:
+        return msgs if t == 0 else msgs[:sys_off] + msgs[users[t - 1]:]
+
+    lo, hi = 0, most  # smallest t in [0, most] whose render fits; `most` if none does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(chat_ids(r.tokenizer, after(mid))) <= cutoff:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo:
+        msgs, turns_lost = after(lo), lo
         ids, labels = r.render(msgs)
     # 2) cut the middle of the longest prompt-side message, re-rendering until it fits.
     for _ in range(12):

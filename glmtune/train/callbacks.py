@@ -16,6 +16,20 @@ class MetricsJsonl(TrainerCallback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.start_step = 0  # where this run began (the resumed step), and the tokens seen by then
+        self.start_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        """A resumed run replays the steps after its checkpoint: their old rows go (else they would appear
+        twice); a fresh run starts an empty file."""
+        self.start_step = state.global_step
+        self.start_tokens = int(state.num_input_tokens_seen or 0)
+        if not state.is_world_process_zero:
+            return
+        from glmtune.utils.io import write_jsonl
+
+        kept = [r for r in read_metrics(self.path) if state.global_step and r.get("step", 0) <= state.global_step]
+        write_jsonl(self.path, kept)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
@@ -28,7 +42,15 @@ class MetricsJsonl(TrainerCallback):
 def read_metrics(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
+    # split on "\n" only: generated text in a row may hold U+2028 etc., which str.splitlines splits on
+    lines = Path(path).read_text("utf-8").split("\n")
+    rows = [json.loads(line) for line in lines[:-1] if line.strip()]
+    if lines[-1].strip():  # no newline after it: a row cut short by a kill mid-append, unless it parses
+        try:
+            rows.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass
+    return rows
 
 
 def plot_loss(metrics_path: Path, out_png: Path) -> Path | None:

@@ -26,9 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from glmtune.data.formats import DataError
+    from glmtune.train.launch import ResumeError
     from glmtune.train.preflight import PreflightError
+    from glmtune.train.trainer import check_inputs
 
     cfg = config_from_args(args)
+    check_inputs(cfg)  # missing files, a bad model path: one line, before anything is written or launched
     if args.nproc or args.nnodes:
         from glmtune.train.launch import relaunch
 
@@ -37,7 +40,7 @@ def run(args) -> int:
 
     try:
         result = train(cfg)
-    except (DataError, PreflightError) as err:
+    except (DataError, PreflightError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     s = result.summary

@@ -15,7 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from glmtune.config.load import ConfigError
 from glmtune.utils.io import atomic_dir, atomic_write_json, atomic_write_text, write_jsonl
+
+
+class DivergedError(ConfigError):
+    """Training produced a non-finite loss or weight: the run stops, naming the step, and saves nothing."""
 
 
 @dataclass
@@ -34,10 +39,85 @@ def check_precision(precision: str) -> None:
     import torch
 
     if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("train.precision=fp16 needs a CUDA GPU (fp16 autocast is not supported for training on "
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU (fp16 autocast is not supported for training on "
                          "CPU); use bf16 or fp32 on this machine")
     if precision in ("bf16", "pure_bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"train.precision={precision}: this GPU has no bf16 support; use fp16 or fp32")
+        raise ConfigError(f"train.precision={precision}: this GPU has no bf16 support; use fp16 or fp32")
+
+
+def check_inputs(cfg) -> None:
+    """Every path the run needs, checked before anything is written: one ConfigError naming the setting.
+
+    (A run that fails on a missing file should not leave a run folder behind that looks started.)
+    """
+    from glmtune.models.load import resolve_path
+
+    d = cfg.data
+    for key in ("train", "validation", "test"):
+        value = getattr(d, key)
+        if value is None or value == "demo":
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ConfigError(f"data.{key}: {value}: file not found")
+        if not path.is_file():
+            raise ConfigError(f"data.{key}: {value}: is a folder, not a data file")
+    out = Path(cfg.train.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir: {out} is a file; give a folder (it is created if missing)")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"train.output_dir: {out} cannot be created: {above} is a file")
+    try:
+        resolve_path(cfg.model.path)
+    except (FileNotFoundError, ValueError) as err:  # no config.json there; an unknown tiny:NAME
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith("model.path") else f"model.path {cfg.model.path!r}: {msg}") from None
+    r = cfg.train.resume
+    if r not in ("auto", "never") and not Path(r).is_dir():
+        raise ConfigError(f"train.resume: checkpoint folder {r} not found")
+
+
+def check_finite_weights(model, step: int, when: str) -> None:
+    """Raise DivergedError if a trainable weight holds inf/nan (checked before any checkpoint or result is saved)."""
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and p.numel() and not bool(torch.isfinite(p).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DivergedError(f"training diverged by step {step}: trainable weight(s) {', '.join(bad[:3])}{more} hold "
+                            f"inf/nan; nothing was saved {when}. Lower train.lr or check the data.")
+
+
+def rotate_complete_checkpoints(ckpt_root: Path, limit: int | None, newest: Path, best: str | None) -> None:
+    """transformers' checkpoint rotation, run only once the newest checkpoint is complete, and deleting safely.
+
+    HF rotates inside its own save, before our completion marker exists, so a kill right then could leave no
+    complete checkpoint at all with save_total_limit=1. Here `newest` (just completed) and the best one are kept,
+    and each deleted folder loses its marker first, so a kill mid-delete never leaves a half folder that
+    looks complete.
+    """
+    import shutil
+
+    from transformers.trainer_utils import sort_checkpoints
+
+    from glmtune.train.callbacks import COMPLETE
+
+    if not limit or not (Path(newest) / COMPLETE).exists():
+        return
+    ckpts = sort_checkpoints(str(ckpt_root), use_mtime=True)
+    if len(ckpts) <= limit:
+        return
+    protected = {str(newest)} | ({str(Path(best))} if best else set())
+    remaining = len(ckpts)
+    for ckpt in ckpts:
+        if remaining <= max(limit, len(protected)):
+            break
+        if ckpt in protected:
+            continue
+        (Path(ckpt) / COMPLETE).unlink(missing_ok=True)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        remaining -= 1
 
 
 def load_for_training(cfg):
@@ -147,6 +227,19 @@ def make_trainer_class():
                     loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            import torch
+
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            # One sync per micro-batch; transformers already pays one for its nan/inf logging filter, which
+            # would otherwise hide the bad loss and train on to an all-NaN result that exits 0.
+            if not bool(torch.isfinite(loss).all()):
+                raise DivergedError(
+                    f"training diverged at step {self.state.global_step + 1}: the loss is {loss.item()} "
+                    f"(not finite) with train.lr={self.args.learning_rate}; nothing was saved from this run after its "
+                    "last checkpoint. Lower train.lr, keep train.max_grad_norm on, or check the data.")
+            return loss
+
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             import torch
 
@@ -155,25 +248,38 @@ def make_trainer_class():
             return loss.detach(), None, None
 
         def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
+            check_finite_weights(self.model, self.state.global_step, "as a checkpoint")
+            limit = self.args.save_total_limit
+            self.args.save_total_limit = None  # HF would rotate before the new checkpoint is marked complete
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
             if self.args.should_save:
                 ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
                 atomic_write_text(ckpt / COMPLETE, json.dumps({"step": self.state.global_step, "time": time.time()}))
+                rotate_complete_checkpoints(Path(self.args.output_dir), limit, ckpt, self.state.best_model_checkpoint)
 
     return GlmTrainer
 
 
 def resolve_resume(cfg, out: Path) -> str | None:
-    from glmtune.train.callbacks import complete_checkpoints
+    from glmtune.train.callbacks import COMPLETE, complete_checkpoints
 
     r = cfg.train.resume
     if r == "never":
         return None
     if r == "auto":
         done = complete_checkpoints(out / "checkpoints")
-        return str(done[-1]) if done else None
+        if done:
+            return str(done[-1])
+        partial = sorted((out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").is_dir() else []
+        if partial and int(os.environ.get("RANK", "0")) == 0:
+            print(f"train.resume=auto: no complete checkpoint in {out / 'checkpoints'} ({len(partial)} folder(s) "
+                  f"without the {COMPLETE} marker: saves cut short); starting from step 0", flush=True)
+        return None
     if not Path(r).exists():
-        raise FileNotFoundError(f"train.resume: checkpoint {r} not found")
+        raise ConfigError(f"train.resume: checkpoint {r} not found")
     return r
 
 
@@ -215,16 +321,17 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     from glmtune.train.preflight import run_preflight
 
     check_precision(cfg.train.precision)
+    check_inputs(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     out = Path(cfg.train.output_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
     set_seed(cfg.train.seed)
     method, loaded = load_for_training(cfg)
     tok = loaded.tokenizer
     data = prepare(cfg, tok, stop_token_ids(tok, loaded.family))
+    if rank == 0:  # written once the data and model are known good: a failed start leaves no run folder
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
     for line in data.report.lines():
         _say(line, quiet, rank)
     run_preflight(cfg, data, loaded, quiet=quiet or rank != 0)
@@ -242,13 +349,14 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
         needs = [k for k, on in (("train.scheduler=reduce_lr_on_plateau", cfg.train.scheduler == "reduce_lr_on_plateau"),
                                  ("train.early_stopping_patience", bool(cfg.train.early_stopping_patience))) if on]
         if needs:
-            raise ValueError(f"{' and '.join(needs)} need(s) a validation split, and there is none: set "
+            raise ConfigError(f"{' and '.join(needs)} need(s) a validation split, and there is none: set "
                              "data.validation=FILE or data.val_size (a count or a fraction of data.train)")
         _say(f"train.eval_steps={cfg.train.eval_steps} but there is no validation split (data.validation unset, "
              "data.val_size=0): no evaluation will run", quiet, rank)
     args = training_arguments(cfg, out, len(data.train), world, has_val=bool(data.val))
     Trainer = make_trainer_class()
-    cbs = [MetricsJsonl(out / "metrics.jsonl"), *callbacks]
+    metrics_cb = MetricsJsonl(out / "metrics.jsonl")
+    cbs = [metrics_cb, *callbacks]
     if cfg.train.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     # transformers 5 reads the TensorBoard folder from the environment only.
@@ -285,6 +393,7 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
 
     final_eval = trainer.evaluate() if (data.val and cfg.train.eval_steps) else {}
     with full_parameters(trainer):  # every rank enters: ZeRO-3 gathers its shards here
+        check_finite_weights(trainer.model, trainer.state.global_step, f"in {out / method.artifact}")
         if trainer.is_world_process_zero():
             with atomic_dir(out / method.artifact) as staging:
                 method.save_trained(trainer.model, staging)
@@ -302,6 +411,8 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
                                                  "validation": len(data.val), "test": len(data.test)})
     hist = [r for r in trainer.state.log_history if "loss" in r]
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    # After a resume the wall time covers only this run's steps: divide only this run's tokens by it.
+    tokens_run = tokens_seen - metrics_cb.start_tokens
     summary = {
         "method": cfg.method.name,
         "params": summary_params,
@@ -313,7 +424,9 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
         "eval_loss": final_eval.get("eval_loss"),
         "wall_s": round(wall, 2),
         "tokens_seen": tokens_seen,
-        "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 and tokens_seen else None,
+        "steps_this_run": trainer.state.global_step - metrics_cb.start_step,
+        "tokens_this_run": tokens_run,
+        "tokens_per_s": round(tokens_run / wall, 1) if wall > 0 and tokens_run else None,
         "world_size": world,
         "effective_batch": cfg.train.batch_size * cfg.train.grad_accum * world,
         "resumed_from": resume,
