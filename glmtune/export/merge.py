@@ -2,7 +2,7 @@
 
 Peak memory is one shard being filled + the adapter + one base tensor, never the whole model twice
 (PEERS.md gap 6: LLaMA-Factory loads base and adapter whole and merges in RAM, LF#4672/#3131).
-Each base tensor is read with `safetensors.safe_open` (memory-mapped), merged on `device` in float32,
+Each base tensor is read with `safetensors.safe_open` (pread, not memory-mapped), merged on `device` in float32,
 cast to the export dtype and handed to a `ShardWriter`.
 
 The merge math is PEFT's own (peft/tuners/lora/layer.py `Linear.merge`, dora.py `get_weight_norm`):
@@ -129,17 +129,21 @@ def checkpoint_keys(folder: Path) -> set[str]:
 
     keys: set[str] = set()
     for f in checkpoint_files(folder):
-        with safe_open(str(f), "pt") as h:
+        with safe_open(str(f), "pt", backend="pread") as h:
             keys.update(h.keys())
     return keys
 
 
 def iter_checkpoint(folder: Path) -> Iterator[tuple[str, object]]:
-    """(name, tensor) one at a time; only the current tensor is materialised."""
+    """(name, tensor) one at a time; only the current tensor is materialised.
+
+    Read with pread, not through a memory map: every page of a mapped file that was read stays in the
+    process's resident set while the file is open, so mapping a one-file checkpoint counted the whole
+    file against the export's memory (benchmarks/export_memory.py)."""
     from safetensors import safe_open
 
     for f in checkpoint_files(folder):
-        with safe_open(str(f), "pt") as h:
+        with safe_open(str(f), "pt", backend="pread") as h:
             for name in h.keys():
                 yield name, h.get_tensor(name)
 

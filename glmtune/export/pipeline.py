@@ -160,15 +160,14 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
         if cfg.verify:
             from glmtune.export.verify import verify_export
 
-            verify = verify_export(run_dir, staging, cfg.tolerance, dtype_name, str(device))
+            verify = verify_export(run_dir, staging, cfg.tolerance, dtype_name, str(device), log=log)
             atomic_write_json(staging / "verify.json", verify)
             _readable(staging)
             if not verify["passed"]:
                 failed = out.with_name(out.name + ".verify-failed.json")
                 atomic_write_json(failed, verify)
                 raise ExportError(
-                    f"export verification failed: max |Δlogit| {verify['max_abs_diff']:.3g} > tolerance "
-                    f"{verify['tolerance']:.3g}, or the exported tokenizer renders prompts differently "
+                    f"export verification failed: {verify['failure']} "
                     f"(details in {failed}). Nothing was written to {out}."
                 )
     if verify and "vs_quantized_training_model" in verify:
