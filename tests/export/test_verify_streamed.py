@@ -192,3 +192,30 @@ def test_stream_compare_equals_whole_model_logits(model_type, tiny_glm4, tmp_pat
             assert res["top1_agreement"][i] == float((a.argmax(-1) == b.argmax(-1)).float().mean())
     assert [m["module"] for m in res["per_module"]][1:4] == ["model.layers.0", "model.layers.1", "model.layers.2"]
     assert 0 < max(res["per_prompt_max_abs_diff"])  # bf16 rounding is seen, not hidden
+
+
+def test_freeze_export_streams_the_base_with_trained_tensors_in_place(run_factory, tmp_path):
+    run = run_factory("freeze", "method.name=freeze", "method.trainable_layers=1",
+                      "method.trainable_modules=[norm]", "train.lr=1e-3")
+    res = export_run(run, ExportSection(size="1MB"), out_dir=tmp_path / "e", **quiet)
+    assert res.report["mode"] == "streaming_merge" and res.report["replaced"] > 0
+    assert res.verify["passed"] and res.verify["streamed"]
+    trained = load_file(str(run / "model" / "trained.safetensors"))
+    merged = {k: t for f in res.out_dir.glob("model-*.safetensors") for k, t in load_file(str(f)).items()}
+    assert all(torch.equal(merged[k], t) for k, t in trained.items())
+
+
+def test_a_full_shard_is_written_before_the_next_tensor_is_read(lora_run, tmp_path, monkeypatch):
+    """The writer never has to flush while holding a freshly read tensor: room is made before reading,
+    so a full shard and a large tensor (the embedding) are never in memory together."""
+    real_add, late = ShardWriter.add, []
+
+    def add(self, name, tensor):
+        size = tensor.numel() * tensor.element_size() + len(name.encode()) + 128
+        if self._buf and self._buf_bytes + size > self.max_bytes:
+            late.append(name)
+        real_add(self, name, tensor)
+
+    monkeypatch.setattr(ShardWriter, "add", add)
+    res = export_run(lora_run, ExportSection(size="300KB", verify=False), out_dir=tmp_path / "e", **quiet)
+    assert res.report["shards"] >= 3 and late == []
