@@ -4,7 +4,7 @@ the rendered prompt ids of the exported tokenizer vs the run's (PEERS.md pain 5 
 Streamed (the default, for the `model.layers.N` decoder stacks of STREAMABLE_TYPES): both models are built
 on the meta device from their configs (no weights) and their weights are read from the safetensors files
 one decoder layer at a time, with `safe_open(..., backend="pread")` so that only what is read is resident
-(a memory map would keep every page it touched). All prompts go through both models in one batch,
+(a memory map keeps every page it touched while the file is open). All prompts go through both models in one batch,
 right-padded (causal attention: real tokens never see the padding): rows [0, N) are the reference (base
 + what the run trained; an adapter runs through PEFT's own LoRA/DoRA layers, not through our merge
 code), rows [N, 2N) the merged export. Each decoder layer gets its two versions in turn, on the same input:
@@ -207,11 +207,16 @@ def streamable(config) -> str | None:
 
 
 def _read(file: Path, key: str, rows: tuple[int, int] | None = None):
-    """One tensor (or a row range of it) read from a safetensors file with pread, no memory map."""
+    """One tensor read with pread (no memory map), or a row range of it through a memory map: safetensors'
+    pread backend reads the whole tensor to slice it, a map touches only the rows' pages, and closing the
+    file right after unmaps them."""
     from safetensors import safe_open
 
-    with safe_open(str(file), "pt", backend="pread") as h:
-        return h.get_slice(key)[rows[0]:rows[1]] if rows else h.get_tensor(key)
+    if rows is None:
+        with safe_open(str(file), "pt", backend="pread") as h:
+            return h.get_tensor(key)
+    with safe_open(str(file), "pt", backend="mmap") as h:
+        return h.get_slice(key)[rows[0]:rows[1]].clone()
 
 
 def _peft_candidates(name: str) -> list[str]:
@@ -272,8 +277,13 @@ def _load(module, prefix: str, weights: _Weights, device) -> None:
 def _unload(module) -> None:
     from accelerate.utils import set_module_tensor_to_device
 
+    from glmtune.export.merge import release_freed_memory
+
     for n, _ in list(module.named_parameters()):
         set_module_tensor_to_device(module, n, "meta")
+    release_freed_memory()
+
+
 
 
 def _skeleton(folder: Path, device):
@@ -390,9 +400,12 @@ def _head_logits(module, name: str, weights: _Weights, h, device, rows: tuple[in
 
     if full is not None:
         return full[..., rows[0]:rows[1]]
+    from glmtune.export.merge import release_freed_memory
+
     out = h @ weights.get(name + ".weight", device, rows).T
     if getattr(module, "bias", None) is not None:
         out = out + weights.get(name + ".bias", device, rows)
+    release_freed_memory()
     return out
 
 
