@@ -299,6 +299,7 @@ def _skeleton(folder: Path, device):
         raise CannotStream(why)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()  # not done on the meta device; a tied head is then read under the embedding's name
     for n, b in list(model.named_buffers()):
         set_module_tensor_to_device(model, n, device, value=b)
     return model.eval()

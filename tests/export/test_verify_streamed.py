@@ -152,13 +152,13 @@ def test_architecture_it_cannot_stream_falls_back_with_a_note(lora_run, tmp_path
     assert sum("loads each whole model" in line for line in lines) == 1
 
 
-def _random_checkpoint(folder: Path, model_type: str, tokenizer_from: Path) -> Path:
+def _random_checkpoint(folder: Path, model_type: str, tokenizer_from: Path, tied: bool = False) -> Path:
     import shutil
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(model_type, vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=tied)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
@@ -167,15 +167,18 @@ def _random_checkpoint(folder: Path, model_type: str, tokenizer_from: Path) -> P
     return folder
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "qwen2-tied"])
 def test_stream_compare_equals_whole_model_logits(model_type, tiny_glm4, tmp_path):
-    """The streamed machinery on the other native families: its figures equal those of the two whole models."""
+    """The streamed machinery on the other native families (and a head tied to the embedding, read under
+    the embedding's name): its figures equal those of the two whole models."""
     from transformers import AutoModelForCausalLM
 
-    ref = _random_checkpoint(tmp_path / "ref", model_type, tiny_glm4)
+    ref = _random_checkpoint(tmp_path / "ref", model_type.removesuffix("-tied"), tiny_glm4, model_type.endswith("-tied"))
     got = tmp_path / "got"
     AutoModelForCausalLM.from_pretrained(ref, dtype=torch.bfloat16).save_pretrained(got)  # a bf16 "export"
     ids = [[5, 9, 200, 31, 7], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46]]
+    if model_type.endswith("-tied"):
+        assert "lm_head.weight" not in load_file(str(got / "model.safetensors"))
     dev = torch.device("cpu")
     ref_m, got_m = verify_mod._skeleton(ref, dev), verify_mod._skeleton(got, dev)
     from glmtune.export.merge import checkpoint_files
