@@ -106,6 +106,17 @@ def make_run(model: Path, run: Path, work: Path) -> None:
         raise RuntimeError(f"{run}: the adapter did not move (all lora_B are zero); the benchmark would verify nothing")
 
 
+def plan_estimate(run: Path) -> float:
+    """What `glmtune plan` predicts for this export (peak bytes, interpreter included)."""
+    from glmtune.config.load import load_config
+    from glmtune.plan.export_memory import export_estimate
+    from glmtune.plan.facts import model_facts
+    from glmtune.plan.memory import setup_from_config
+
+    cfg = load_config(run / "config.yaml", ["export.size=200MB"])
+    return export_estimate(model_facts(cfg.model.path), cfg.method.name, cfg.export, setup_from_config(cfg, seq=64))["peak_bytes"]
+
+
 def peak_rss(cmd: list[str]) -> tuple[float, float]:
     """(peak RSS in bytes, wall seconds) of `cmd` from /usr/bin/time -v."""
     t0 = time.perf_counter()
@@ -169,12 +180,14 @@ def main() -> int:
             row["export_growth_over_size"] = round(row["export_growth_bytes"] / info["bytes_on_disk"], 3)
             row["export_growth_over_fp32"] = round(row["export_growth_bytes"] / fp32, 3)
             row["must_show_0.75x_fp32"] = m["export"][0] <= 0.75 * fp32 + base["export"][0]
+            row["plan_estimate_bytes"] = plan_estimate(run)
             rows.append(row)
             cell = lambda k: f"{m[k][0] / 1e9:5.2f} (+{(m[k][0] - base[k][0]) / 1e9:4.2f})"  # noqa: E731
             print(f"{name:<12} {dtype:<9} {info['params'] / 1e6:6.0f}M {info['bytes_on_disk'] / 1e9:6.2f}GB | "
                   f"{cell('merge'):>14} {cell('verify'):>14} {cell('export'):>14} | "
                   f"{row['export_growth_over_size']:.2f}x, {row['export_growth_over_fp32']:.2f}x "
-                  f"({m['merge'][1]:.0f}/{m['verify'][1]:.0f}/{m['export'][1]:.0f} s)", flush=True)
+                  f"({m['merge'][1]:.0f}/{m['verify'][1]:.0f}/{m['export'][1]:.0f} s; plan said "
+                  f"{row['plan_estimate_bytes'] / 1e9:.2f})", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"baseline_bytes": {k: v[0] for k, v in base.items()}, "rows": rows}, indent=1))

@@ -6,10 +6,10 @@ What each phase holds (glmtune/export/merge.py, shards.py, verify.py):
           (a full shard is written before the next tensor is read), plus the weight being merged in
           float32 (LoRA is merged in place) and the adapter;
   verify  one decoder layer in float32 (the reference and the merged one are loaded in turn), one head
-          slice of 16M floats, the adapter; QLoRA also loads the 4-bit training model whole once, for the
+          slice of 16M floats (read through a map, then copied), the adapter; QLoRA also loads the 4-bit training model whole once, for the
           report of its gap to the full-precision merge.
-Both run in one process on top of the interpreter (torch + transformers + peft imported, ~0.5 GB measured
-by benchmarks/export_memory.py on a tiny model). P-Tuning v2 has nothing to merge.
+They run one after the other in one process, on top of the interpreter (MERGE_BASE_BYTES, VERIFY_BASE_BYTES).
+P-Tuning v2 has nothing to merge.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from pathlib import Path
 
 from glmtune.plan.facts import ModelFacts
 
-INTERPRETER_BYTES = 0.5e9  # benchmarks/export_memory.py: `glmtune export` of the tiny run peaks at 0.50 GB
-HEAD_SLICE_BYTES = 4 * (1 << 24)  # verify.py _HEAD_SLICE_FLOATS in float32
+# The interpreter under each phase (benchmarks/export_memory.py, the tiny run): `glmtune export --no-verify`
+# peaks at 0.29 GB; verification imports PEFT and the model classes, and `glmtune export` peaks at 0.49 GB.
+MERGE_BASE_BYTES = 0.3e9
+VERIFY_BASE_BYTES = 0.5e9
+HEAD_SLICE_BYTES = 2 * 4 * (1 << 24)  # verify.py _HEAD_SLICE_FLOATS in float32: mapped, then copied
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -52,7 +55,8 @@ def export_estimate(facts: ModelFacts, method: str, export_cfg, st) -> dict:
     verify = 4 * facts.layer_params() + HEAD_SLICE_BYTES + adapter
     if method == "qlora":  # the 4-bit training model, loaded whole once (NF4 linears + 16-bit embeddings)
         verify += facts.linear_params() * 0.5625 + facts.embedding_params() * 2
-    peak = INTERPRETER_BYTES + max(merge, verify if export_cfg.verify else 0)
+    peak = max(MERGE_BASE_BYTES + merge, VERIFY_BASE_BYTES + verify if export_cfg.verify else 0)
     return {"merge_bytes": merge, "verify_bytes": verify if export_cfg.verify else None, "peak_bytes": peak,
-            "interpreter_bytes": INTERPRETER_BYTES, "whole_model_fp32_bytes": 4 * facts.param_count(),
+            "interpreter_bytes": VERIFY_BASE_BYTES if export_cfg.verify else MERGE_BASE_BYTES,
+            "whole_model_fp32_bytes": 4 * facts.param_count(),
             "shard_size": export_cfg.size, "note": None}

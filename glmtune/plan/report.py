@@ -212,8 +212,8 @@ def print_plan(plan: dict, console=None) -> None:
         c.print(f"export ({plan['method']}, host RAM, streamed): peak {_gib(ex['peak_bytes'])} {_UNIT[1]} — merge "
                 f"{_gib(ex['merge_bytes'])} ({ex['shard_size']} shards)"
                 + (f", verify {_gib(ex['verify_bytes'])} (one layer)" if ex["verify_bytes"] else "")
-                + f", interpreter {_gib(ex['interpreter_bytes'])}; the model is {_gib(ex['whole_model_fp32_bytes'])} "
-                f"in float32")
+                + f", each on top of the interpreter (up to {_gib(ex['interpreter_bytes'])}); the model is "
+                f"{_gib(ex['whole_model_fp32_bytes'])} in float32")
     tm = plan["time"]
     tps = f"{tm['tokens_per_second']:.0f} tokens/s ({tm['source']})" if tm["tokens_per_second"] else "unknown"
     c.print(f"time: {tps}; epoch {_dur(tm['seconds_per_epoch'])}, run {_dur(tm['seconds_total'])}")
