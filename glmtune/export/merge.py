@@ -2,7 +2,7 @@
 
 Peak memory is one shard being filled + the adapter + one base tensor, never the whole model twice
 (PEERS.md gap 6: LLaMA-Factory loads base and adapter whole and merges in RAM, LF#4672/#3131).
-Each base tensor is read with `safetensors.safe_open` (memory-mapped), merged on `device` in float32,
+Each base tensor is read with `safetensors.safe_open` (pread, not memory-mapped), merged on `device` in float32,
 cast to the export dtype and handed to a `ShardWriter`.
 
 The merge math is PEFT's own (peft/tuners/lora/layer.py `Linear.merge`, dora.py `get_weight_norm`):
@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 PEFT_PREFIX = "base_model.model."
 
@@ -34,6 +34,33 @@ class LoraDelta:
     B: object  # [out, r]
     scale: float
     magnitude: object | None = None  # DoRA magnitude vector [out]
+
+
+class FileTensors(Mapping):
+    """The tensors of one safetensors file by name, each read (pread) only when asked for: freeze's
+    trained layers replace the base's one at a time instead of all being held through the merge."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        with safe_open(str(self.path), "pt", backend="pread") as h:
+            self._keys = list(h.keys())
+        self._set = set(self._keys)
+
+    def __getitem__(self, name: str):
+        from safetensors import safe_open
+
+        if name not in self._set:
+            raise KeyError(name)
+        with safe_open(str(self.path), "pt", backend="pread") as h:
+            return h.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def adapter_config(adapter_dir: Path) -> dict:
@@ -95,16 +122,17 @@ def merge_weight(W, delta: LoraDelta, device, out_dtype):
     """One merged weight, computed in float32 on `device` (the PEFT formulas in the module docstring)."""
     import torch
 
-    w = W.to(device=device, dtype=torch.float32)
+    w = W.to(device=device, dtype=torch.float32)  # W itself when it is float32 already: updated in place
     a = delta.A.to(device=device, dtype=torch.float32)
     b = delta.B.to(device=device, dtype=torch.float32)
-    merged = w + delta.scale * (b @ a)
-    if merged.shape != w.shape:
-        raise ExportError(f"LoRA delta shape {tuple(merged.shape)} does not match weight {tuple(w.shape)}")
+    if (b.shape[0], a.shape[1]) != tuple(w.shape):
+        raise ExportError(f"LoRA delta shape {(b.shape[0], a.shape[1])} does not match weight {tuple(w.shape)}")
+    # In place (W += s·B@A, then the DoRA row scale): no full-size temporaries beside the weight itself.
+    w.addmm_(b, a, alpha=delta.scale)
     if delta.magnitude is not None:
-        norm = torch.linalg.norm(merged, dim=1)
-        merged = (delta.magnitude.to(device=device, dtype=torch.float32) / norm).view(-1, 1) * merged
-    return merged.to(dtype=out_dtype, device="cpu")
+        norm = torch.linalg.norm(w, dim=1)
+        w.mul_((delta.magnitude.to(device=device, dtype=torch.float32) / norm).view(-1, 1))
+    return w.to(dtype=out_dtype, device="cpu")
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -129,19 +157,54 @@ def checkpoint_keys(folder: Path) -> set[str]:
 
     keys: set[str] = set()
     for f in checkpoint_files(folder):
-        with safe_open(str(f), "pt") as h:
+        with safe_open(str(f), "pt", backend="pread") as h:
             keys.update(h.keys())
     return keys
 
 
-def iter_checkpoint(folder: Path) -> Iterator[tuple[str, object]]:
-    """(name, tensor) one at a time; only the current tensor is materialised."""
+def iter_checkpoint(folder: Path, before_read=None) -> Iterator[tuple[str, object]]:
+    """(name, tensor) one at a time; only the current tensor is materialised. `before_read(name, shape,
+    dtype)` (safetensors dtype string, e.g. "BF16") is called before each tensor is read.
+
+    Read with pread, not through a memory map: every page of a mapped file that was read stays in the
+    process's resident set while the file is open, so mapping a one-file checkpoint counted the whole
+    file against the export's memory (benchmarks/export_memory.py)."""
     from safetensors import safe_open
 
     for f in checkpoint_files(folder):
-        with safe_open(str(f), "pt") as h:
+        with safe_open(str(f), "pt", backend="pread") as h:
             for name in h.keys():
+                if before_read:
+                    sl = h.get_slice(name)
+                    before_read(name, sl.get_shape(), sl.get_dtype())
                 yield name, h.get_tensor(name)
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc `malloc_trim`; a no-op elsewhere).
+
+    Layer after layer of tensors of a few MB to a few tens of MB are allocated and freed; glibc raises its
+    mmap threshold after the first such free, so later ones come from the heap, whose free pages it keeps:
+    verifying a 20-layer model, the resident set grew by ~10 MB per layer (benchmarks/export_memory.py)
+    although only one layer is alive. No library exposes this, hence ctypes."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def stream_merge(source: Path, writer, out_dtype, device: str = "cpu",
@@ -153,8 +216,15 @@ def stream_merge(source: Path, writer, out_dtype, device: str = "cpu",
     missing = (set(deltas) | set(replacements)) - checkpoint_keys(source)
     if missing:
         raise ExportError(f"adapter names {sorted(missing)[:3]} not found in base checkpoint {source}")
+    def make_room(name, shape, dtype):
+        # Write out a shard that this tensor will not fit in *before* reading the tensor, so a shard and a
+        # large tensor (the embedding) are never held together.
+        if hasattr(writer, "make_room"):
+            size = out_dtype.itemsize if dtype in _FLOAT_DTYPES else _DTYPE_BYTES.get(dtype, 8)
+            writer.make_room(name, math.prod(shape) * size)
+
     merged = 0
-    for name, tensor in iter_checkpoint(source):
+    for name, tensor in iter_checkpoint(source, make_room):
         if name in replacements:
             tensor = replacements[name]
         if name in deltas:
@@ -163,6 +233,8 @@ def stream_merge(source: Path, writer, out_dtype, device: str = "cpu",
         elif tensor.is_floating_point():
             tensor = tensor.to(out_dtype)
         writer.add(name, tensor)
+        del tensor
+        release_freed_memory()
         if progress:
             progress(name)
     return {"merged_weights": merged, "replaced": len(replacements), "device": str(torch.device(device))}

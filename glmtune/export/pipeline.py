@@ -6,7 +6,8 @@ registry matches):
   * a LoRA/DoRA adapter PEFT-compatible with streaming  -> stream the merge shard by shard (merge.py);
     QLoRA adapters take this path too: they merge into the full-precision base checkpoint on disk,
     which is how a QLoRA model is deployed (a 4-bit base cannot hold the delta exactly);
-  * full weights (`model/` with safetensors, from full/freeze) -> stream-copy them, casting the dtype;
+  * full weights (`model/` with safetensors, from full) -> stream-copy them, casting the dtype;
+  * freeze's trained tensors (`model/trained.safetensors`) -> stream the base with them in place;
   * anything else -> load base + trained part, ask the method to `merge()`; a method that cannot
     (e.g. a learned prefix) stops here with the reason and what to do instead.
 """
@@ -213,7 +214,7 @@ def _in_memory_merge(run_dir: Path, meta: dict, out: Path, max_bytes: int, torch
 def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None, log=print) -> ExportResult:
     """Merge, shard, write atomically, verify. Raises ExportError (nothing left that looks complete)."""
     from glmtune.export.config import ExportSection
-    from glmtune.export.merge import adapter_config, read_lora, stream_merge, streaming_unsupported
+    from glmtune.export.merge import FileTensors, adapter_config, read_lora, stream_merge, streaming_unsupported
     from glmtune.export.shards import ShardWriter, parse_size
     from glmtune.models.families import family_of
     from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
@@ -241,9 +242,11 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
                     "device": str(device), "max_shard_bytes": max_bytes}
     with staging_dir(out, log) as staging:
         acfg = adapter_config(artifact)
-        why = streaming_unsupported(acfg) if acfg else ("full weights" if full_weights else "no adapter")
+        trained = artifact / "trained.safetensors"  # freeze: trained tensors that replace the base's
+        why = streaming_unsupported(acfg) if acfg else (
+            "full weights" if full_weights else None if trained.exists() else "no adapter")
         if full_weights or why is None:
-            deltas, replacements = ({}, {}) if full_weights else read_lora(artifact)
+            deltas, replacements = ({}, {}) if full_weights else read_lora(artifact) if acfg else ({}, FileTensors(trained))
             writer = ShardWriter(staging, max_bytes)
             log(f"export: streaming {'copy' if full_weights else 'merge'} of {source_dir} -> {out} "
                 f"({dtype_name}, shards <= {cfg.size}, on {device})")
@@ -267,15 +270,14 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
         if cfg.verify:
             from glmtune.export.verify import verify_export
 
-            verify = verify_export(run_dir, staging, cfg.tolerance, dtype_name, str(device))
+            verify = verify_export(run_dir, staging, cfg.tolerance, dtype_name, str(device), log=log)
             atomic_write_json(staging / "verify.json", verify)
             _readable(staging)
             if not verify["passed"]:
                 failed = out.with_name(out.name + ".verify-failed.json")
                 atomic_write_json(failed, verify)
                 raise ExportError(
-                    f"export verification failed: max |Δlogit| {verify['max_abs_diff']:.3g} > tolerance "
-                    f"{verify['tolerance']:.3g}, or the exported tokenizer renders prompts differently "
+                    f"export verification failed: {verify['failure']} "
                     f"(details in {failed}). Nothing was written to {out}."
                 )
     if verify and "vs_quantized_training_model" in verify:

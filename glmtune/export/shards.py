@@ -65,6 +65,11 @@ class ShardWriter:
         self.oversized: list[str] = []
         self.max_buffered_bytes = 0  # evidence for the memory bound: never more than one shard held
 
+    def make_room(self, name: str, nbytes: int) -> None:
+        """Flush now if a tensor of `nbytes` would not fit, so the caller can read it after the flush."""
+        if self._buf and self._buf_bytes + nbytes + len(name.encode()) + HEADER_PER_TENSOR > self.max_bytes:
+            self._flush()
+
     def add(self, name: str, tensor) -> None:
         size = entry_bytes(name, tensor)
         if self._buf and self._buf_bytes + size > self.max_bytes:

@@ -100,10 +100,13 @@ def build_plan(cfg, gpu=None, measure: bool = False) -> dict:
             "seconds_per_epoch": epoch_s,
             "seconds_total": epoch_s * sched.epochs if epoch_s else None}
     findings = preflight(cfg, stats, facts, split=(n_train, n_val))
+    from glmtune.plan.export_memory import export_estimate
+
+    export = export_estimate(facts, method, cfg.export, st)
     return {
         "model": facts.to_json(), "gpu": gpu.__dict__ if gpu else None, "method": method,
         "bad_records": bad, "data": lengths.to_json(), "lengths": list(stats.total),
-        "schedule": sched.to_json(), "memory": memory, "memory_seq": seq, "time": time,
+        "schedule": sched.to_json(), "memory": memory, "memory_seq": seq, "export": export, "time": time,
         "advice": [a.to_json() for a in advise(cfg, stats, facts, sched, largest)] + [
             {"key": k.split("=")[0], "value": k.split("=")[1].split(" ")[0],
              "current": "", "reason": f"needed for micro-batch {largest} to fit {gpu.name}"} for k in needs],
@@ -202,6 +205,15 @@ def print_plan(plan: dict, console=None) -> None:
                        f"[red]does not fit[/]; {fix['change']} → {_gib(fix['total'])}" if fix else "[red]does not fit[/]")
         t.add_row(*row)
     c.print(t)
+    ex = plan.get("export")
+    if ex and ex["peak_bytes"] is None:
+        c.print(f"export: {ex['note']}")
+    elif ex:
+        c.print(f"export ({plan['method']}, host RAM, streamed): peak {_gib(ex['peak_bytes'])} {_UNIT[1]} — merge "
+                f"{_gib(ex['merge_bytes'])} ({ex['shard_size']} shards)"
+                + (f", verify {_gib(ex['verify_bytes'])} (one layer)" if ex["verify_bytes"] else "")
+                + f", each on top of the interpreter (up to {_gib(ex['interpreter_bytes'])}); the model is "
+                f"{_gib(ex['whole_model_fp32_bytes'])} in float32")
     tm = plan["time"]
     tps = f"{tm['tokens_per_second']:.0f} tokens/s ({tm['source']})" if tm["tokens_per_second"] else "unknown"
     c.print(f"time: {tps}; epoch {_dur(tm['seconds_per_epoch'])}, run {_dur(tm['seconds_total'])}")
