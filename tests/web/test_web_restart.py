@@ -1,0 +1,46 @@
+"""`glmtune web` killed (SIGKILL) and restarted while a training job runs: the job is still listed and finishes.
+
+Driven over gradio's HTTP API with gradio_client (the same endpoints the page's buttons call), so it needs
+no browser.
+"""
+
+import time
+
+import pytest
+
+from glmtune.web.actions import FORM_FIELDS, preset_form
+from glmtune.web.jobs import RUNNING, JobStore
+
+pytestmark = pytest.mark.slow
+FORM_KEYS = [k for k, _, _ in FORM_FIELDS]
+
+
+def jobs_rows(client) -> list[dict]:
+    table = client.predict(None, api_name="/on_tick")[0]
+    return [dict(zip(table["headers"], row)) for row in table["data"]]
+
+
+def test_web_killed_and_restarted_while_a_job_runs(web_server):
+    from gradio_client import Client
+
+    first = web_server()
+    values, extra = preset_form("tiny/lora.yaml")
+    values.update(max_steps=3, save_steps=100)
+    form = ["restart-lora", "lora", *[values[k] for k in FORM_KEYS], extra]
+    msg = Client(first.url, verbose=False).predict(*form, api_name="/on_start")[0]
+    assert msg == "started job 1 (restart-lora)"
+    first.kill()  # SIGKILL: the server gets no chance to clean up anything
+    assert JobStore(first.workspace).get(1).status == RUNNING  # the job did not die with it
+
+    second = web_server(first.workspace)  # a new server, a new port, the same workspace
+    client = Client(second.url, verbose=False)
+    row = next(r for r in jobs_rows(client) if r["id"] == 1)
+    assert row["name"] == "restart-lora" and row["status"] in ("running", "finished")
+    deadline = time.time() + 400
+    while time.time() < deadline and row["status"] == "running":
+        time.sleep(2)
+        row = next(r for r in jobs_rows(client) if r["id"] == 1)
+    assert row["status"] == "finished" and row["exit"] == 0 and row["step"] == "3/3"
+    progress = client.predict(1, api_name="/job_view")[0]
+    assert "finished" in progress and "step 3/3" in progress
+    assert (first.workspace / "runs" / "restart-lora" / "summary.json").exists()
