@@ -179,6 +179,10 @@ def build_train(ws: Workspace, form: dict):
     cfg = load_config(None, overrides)  # ConfigError: the same message `glmtune train` prints
     if Path(cfg.train.output_dir).resolve() != run_dir.resolve():
         raise WebError("train.output_dir is set by the run name: remove it from the extra settings")
+    for key in ("train", "validation", "test"):  # data files come from the workspace, however they were typed
+        value = getattr(cfg.data, key)
+        if value and value != "demo":
+            ws.resolve(value)
     argv = ["train", *overrides]
     return cfg, overrides, run_dir, dump_config(cfg), cli_line(argv)
 
@@ -193,7 +197,8 @@ def start_train(ws: Workspace, form: dict) -> Job:
                          name=run_dir.name, env=glmtune_env())
 
 
-_TQDM = re.compile(r"(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+# The trainer's progress bar (no description, unlike "Loading weights: ..."): "  50%|███  | 3/6 [00:06<00:05, ...".
+_TQDM = re.compile(r"^\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 
 
 def job_progress(job: Job) -> dict:
@@ -211,12 +216,21 @@ def job_progress(job: Job) -> dict:
                 rows.append({"step": r["step"], "loss": r["loss"], "series": "train"})
             if "eval_loss" in r:
                 rows.append({"step": r["step"], "loss": r["eval_loss"], "series": "eval"})
-    tail = job.log_tail(6000)
-    bars = _TQDM.findall(tail)
     out = {"rows": rows, "step": None, "total": None, "elapsed": None, "eta": None}
-    if bars:
-        step, total, elapsed, eta = bars[-1]
-        out.update(step=int(step), total=int(total), elapsed=elapsed, eta=eta)
+    if job.kind != "train":
+        return out
+    # The first bar in the log is the training bar (evaluation bars come later, with their own totals).
+    if not Path(job.log_path).exists():
+        return out
+    with open(job.log_path, "rb") as f:
+        head = f.read(200_000).decode("utf-8", "replace")
+    first = next((m.groups() for seg in re.split(r"[\r\n]", head) if (m := _TQDM.match(seg))), None)
+    if first:
+        bars = [m.groups() for seg in re.split(r"[\r\n]", job.log_tail(6000))
+                if (m := _TQDM.match(seg)) and m.group(2) == first[1]]
+        step, total, elapsed, eta = bars[-1] if bars else first
+        done = max([int(step)] + [r["step"] for r in rows])
+        out.update(step=done, total=int(total), elapsed=elapsed, eta=eta)
     summary = Path(job.run_dir or "/nonexistent") / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())

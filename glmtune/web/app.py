@@ -48,6 +48,34 @@ def _fmt_time(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
 
+def loss_figure(job, rows: list[dict]):
+    """Train and eval loss vs step, drawn like the run's plots/loss.png (matplotlib: rendered on the server)."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    for series, style in (("train", "-"), ("eval", "o-")):
+        pts = sorted({(r["step"], r["loss"]) for r in rows if r["series"] == series})
+        if pts:
+            ax.plot(*zip(*pts), style, label=f"{series} loss", lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"job {job.id} · {job.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.canvas.draw()
+    import numpy as np
+
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
 def build_ui(ws):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
@@ -58,7 +86,7 @@ def build_ui(ws):
     from glmtune.web import actions
 
     FORM_KEYS = [k for k, _, _ in actions.FORM_FIELDS]
-    loss_empty = pd.DataFrame({"step": [], "loss": [], "series": []})
+    loss_empty = None
     engines: dict = {"key": None, "engine": None}
     engine_lock = threading.Lock()
 
@@ -128,6 +156,12 @@ def build_ui(ws):
     def job_choices():
         return [(f"{j.id} · {j.name} ({j.kind}, {j.status})", j.id) for j in ws.jobs.list()[:50]]
 
+    def default_job():
+        """What a fresh page shows: the newest training job, else the newest job."""
+        jobs = ws.jobs.list()[:50]
+        trains = [j.id for j in jobs if j.kind == "train"]
+        return trains[0] if trains else jobs[0].id if jobs else None
+
     def jobs_frame():
         rows = []
         for j in ws.jobs.list()[:50]:
@@ -147,14 +181,17 @@ def build_ui(ws):
         except GlmtuneError as err:
             return err_text(err), loss_empty, ""
         prog = actions.job_progress(job)
-        df = pd.DataFrame(prog["rows"]) if prog["rows"] else loss_empty
-        return actions.progress_text(job, prog), df, job.log_tail(3000)
+        return actions.progress_text(job, prog), loss_figure(job, prog["rows"]), job.log_tail(3000)
 
     def on_tick(job_id):
         choices = job_choices()
         ids = [c[1] for c in choices]
+        try:
+            job_id = int(job_id)
+        except (TypeError, ValueError):
+            job_id = None
         if job_id not in ids:
-            job_id = ids[0] if ids else None
+            job_id = default_job()
         return (jobs_frame(), gr.update(choices=choices, value=job_id), *job_view(job_id), export_status(),
                 gr.update(choices=ws.runs(finished_only=True)), gr.update(choices=chat_sources()))
 
@@ -319,13 +356,14 @@ def build_ui(ws):
                 gr.Markdown("#### Jobs (kept in the workspace's jobs.sqlite: reload or restart freely)")
                 jobs_table = gr.Dataframe(label="Jobs", elem_id="jobs_table", interactive=False)
                 with gr.Row():
-                    job_pick = gr.Dropdown([], label="Job", elem_id="job_pick")
+                    job_pick = gr.Dropdown(job_choices(), value=default_job(), label="Job", elem_id="job_pick",
+                                           allow_custom_value=True)
                     stop_btn = gr.Button("Stop", elem_id="stop")
                     resume_btn = gr.Button("Resume (train.resume=auto)", elem_id="resume")
                 job_msg = gr.Textbox(label="Job action", elem_id="job_msg", interactive=False)
                 progress = gr.Markdown(elem_id="progress")
-                loss_plot = gr.LinePlot(loss_empty, x="step", y="loss", color="series", title="loss",
-                                        elem_id="loss_plot", height=260)
+                loss_plot = gr.Image(label="Loss (from the run's metrics.jsonl)", elem_id="loss_plot", format="png",
+                                     interactive=False, height=320)
                 log_tail = gr.Textbox(label="Log tail", lines=8, max_lines=12, elem_id="log_tail",
                                       interactive=False, autoscroll=True)
 
