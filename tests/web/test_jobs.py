@@ -1,5 +1,6 @@
 """The job store: detached processes recorded in SQLite, reconciled on read, surviving the store's death."""
 
+import json
 import os
 import signal
 import subprocess
@@ -105,3 +106,28 @@ def test_unknown_job_and_resume_of_non_training_job(tmp_path):
     job = wait_status(store, store.start("export", [PY, "-c", "pass"]).id, {FINISHED})
     with pytest.raises(JobError, match="only training jobs resume"):
         store.resume(job.id)
+
+
+@pytest.mark.slow
+def test_real_training_stopped_then_resumed_from_its_last_complete_checkpoint(tmp_path):
+    """`glmtune train` as a job: stop it after a checkpoint, resume, and it continues from there to the end."""
+    from glmtune.train.callbacks import COMPLETE
+
+    store = JobStore(tmp_path)
+    run = tmp_path / "runs" / "stop-resume"
+    argv = [PY, "-m", "glmtune", "train", str(ROOT / "glmtune/configs/tiny/lora.yaml"), f"train.output_dir={run}",
+            "train.max_steps=12", "train.save_steps=2", "train.eval_steps=null", "data.val_size=0"]
+    job = store.start("train", argv, run_dir=run, env={"PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 300
+    while not list(run.glob(f"checkpoints/checkpoint-*/{COMPLETE}")) and time.time() < deadline:
+        assert store.get(job.id).status == RUNNING, job.log_tail()
+        time.sleep(0.5)
+    store.stop(job.id)
+    job = wait_status(store, job.id, {STOPPED, FAILED, FINISHED})
+    assert job.status == STOPPED and not (run / "summary.json").exists()
+    done = sorted(int(p.parent.name.split("-")[1]) for p in run.glob(f"checkpoints/checkpoint-*/{COMPLETE}"))
+    again = wait_status(store, store.resume(job.id).id, {FINISHED, FAILED, STOPPED}, timeout=600)
+    assert again.status == FINISHED, again.log_tail()
+    assert f"resuming from {run / 'checkpoints' / f'checkpoint-{done[-1]}'}" in again.log_tail(20_000)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12
