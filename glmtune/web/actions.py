@@ -298,3 +298,46 @@ def export_report(ws: Workspace, job: Job) -> str:
     else:
         lines.append("verify: skipped")
     return "\n".join(lines)
+
+
+# -- Plan -----------------------------------------------------------------------------------------------------
+def plan_form(ws: Workspace, form: dict, gpu: str | None) -> tuple[str, Path, list[list], str]:
+    """`glmtune plan` on the train form's config: the printed report, the length histogram, the advice rows,
+    and the equivalent command. Files go to <workspace>/plans/<run name>/ (the run folder stays unborn)."""
+    import io
+
+    from rich.console import Console
+
+    from glmtune.plan.facts import CloudOnlyModel
+    from glmtune.plan.memory import parse_gpu
+    from glmtune.plan.report import build_plan, print_plan, write_plan
+
+    cfg, overrides, run_dir, _, _ = build_train(ws, form)
+    try:
+        plan = build_plan(cfg, gpu=parse_gpu(gpu or None) if gpu else None)
+    except (CloudOnlyModel, ValueError, FileNotFoundError) as err:
+        raise WebError(str(err)) from None
+    out = ws.root / "plans" / run_dir.name
+    _, png = write_plan(plan, out)
+    console = Console(record=True, width=150, file=io.StringIO())
+    print_plan(plan, console)
+    advice = [[a["key"], str(a["current"]), str(a["value"]), a["reason"]] for a in plan["advice"]]
+    argv = ["plan", *overrides, *(["--gpu", gpu] if gpu else []), "--out", str(out)]
+    return console.export_text(), png, advice, cli_line(argv)
+
+
+def apply_advice(form: dict, choice: str) -> dict:
+    """`section.key=value` from the plan into the form: its field if the form has one, else More settings."""
+    if not choice or "=" not in choice:
+        raise WebError("pick a recommendation first")
+    key, value = choice.split("=", 1)
+    form = dict(form)
+    by_path = {dotted: k for k, dotted, _ in FORM_FIELDS}
+    if key in by_path:
+        import yaml
+
+        form[by_path[key]] = yaml.safe_load(value)
+        return form
+    lines = [ln for ln in (form.get("extra") or "").splitlines() if ln.split("=", 1)[0].strip() != key]
+    form["extra"] = "\n".join(lines + [choice])
+    return form

@@ -26,6 +26,7 @@ import time
 HELP = "The whole path in a browser (gradio): data check, training jobs that outlive the page, export, chat."
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TOKEN_ENV = "GLMTUNE_WEB_TOKEN"
+CSS = ".mono textarea {font-family: ui-monospace, monospace; font-size: 12px; white-space: pre;}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +210,24 @@ def build_ui(ws):
         except (GlmtuneError, TypeError, ValueError) as err:
             return err_text(err), gr.update()
 
+    # -- Plan ---------------------------------------------------------------------------------------------------
+    def on_plan(gpu, *values):
+        try:
+            text, png, advice, line = actions.plan_form(ws, form_dict(values), gpu)
+        except (GlmtuneError, OSError) as err:
+            return err_text(err), None, None, gr.update(choices=[]), ""
+        choices = [f"{k}={v}" for k, now, v, _ in advice if str(now) != str(v)]
+        return (text, str(png), pd.DataFrame(advice, columns=["key", "now", "recommended", "why"]),
+                gr.update(choices=choices, value=choices[0] if choices else None), line)
+
+    def on_apply(choice, *values):
+        try:
+            form = actions.apply_advice(form_dict(values), choice)
+        except GlmtuneError as err:
+            return [gr.update()] * len(values) + [err_text(err)]
+        names = ["run_name", "method", *FORM_KEYS, "extra"]
+        return [form[n] for n in names] + [f"applied {choice} to the Train form"]
+
     # -- Export -------------------------------------------------------------------------------------------------
     def export_status():
         jobs = [j for j in ws.jobs.list() if j.kind == "export"]
@@ -305,6 +324,26 @@ def build_ui(ws):
                 upload.upload(on_upload, upload, [data_file, data_summary])
                 check_btn.click(on_check, [data_file, data_fmt], [data_problems, data_summary])
                 stats_btn.click(on_stats, [data_file, stats_model, stats_cutoff], [stats_table, stats_line])
+
+            with gr.Tab("Plan", id="plan", elem_id="tab_plan"):
+                gr.Markdown("Plans the config of the **Train** tab's form (`glmtune plan`): token lengths vs cutoff, "
+                            "steps, memory per method on the GPU, time, and recommendations.")
+                with gr.Row():
+                    from glmtune.plan.memory import GPUS
+
+                    plan_gpu = gr.Dropdown(["", *GPUS], value="RTX4090-24GB", label="GPU", elem_id="plan_gpu")
+                    plan_btn = gr.Button("Plan", variant="primary", elem_id="plan_run")
+                plan_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="plan_command")
+                plan_advice = gr.Dataframe(label="Recommendations", elem_id="plan_advice", interactive=False,
+                                           wrap=True)
+                with gr.Row():
+                    advice_pick = gr.Dropdown([], label="Recommendation", elem_id="advice_pick", scale=3)
+                    apply_btn = gr.Button("Apply to the Train form", elem_id="advice_apply", scale=1)
+                plan_msg = gr.Textbox(label="Applied", elem_id="plan_msg", interactive=False)
+                plan_hist = gr.Image(label="Rendered lengths (lengths.png)", elem_id="plan_hist", interactive=False,
+                                     height=300)
+                plan_text = gr.Textbox(label="Report", lines=30, max_lines=60, elem_id="plan_text",
+                                       interactive=False, elem_classes=["mono"])
 
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 with gr.Row():
@@ -428,6 +467,8 @@ def build_ui(ws):
                 chat_source.input(lambda: ([], []), None, [chatbot, turns])
 
         to_chat_btn.click(to_chat, None, [tabs, chat_source, export_msg])
+        plan_btn.click(on_plan, [plan_gpu, *form], [plan_text, plan_hist, plan_advice, advice_pick, plan_cmd])
+        apply_btn.click(on_apply, [advice_pick, *form], [*form, plan_msg])
         timer = gr.Timer(2.0)
         tick_out = [jobs_table, job_pick, progress, loss_plot, log_tail, export_out, export_run, chat_source]
         timer.tick(on_tick, job_pick, tick_out, show_progress="hidden")
@@ -447,7 +488,7 @@ def run(args) -> int:
     ui.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=True, auth=auth,
         auth_message="any user name; the password is the access token" if token else None,
-        allowed_paths=[str(ws.root)])
+        allowed_paths=[str(ws.root)], css=CSS)
     return 0
 
 

@@ -1,6 +1,6 @@
 """`glmtune web` driven in headless Chromium on the tiny model: the whole path, surviving a page reload.
 
-Data: upload a file with a bad line and see `file:line` reported. Train: start a short LoRA job, reload the page,
+Data: upload a file with a bad line and see `file:line` reported. Plan the form's config. Train: start a short LoRA job, reload the page,
 see the job still listed, watch it finish with a loss curve. Export with a 2 GB shard limit, verified. Chat with
 the export and get an answer. A screenshot of each tab is taken (GLMTUNE_WEB_SHOTS=DIR keeps them there;
 `GLMTUNE_WEB_SHOTS=docs/img` refreshes the README's).
@@ -62,6 +62,14 @@ def test_whole_path_in_headless_chromium(web_server, browser, tmp_path):
     wait_text(page, "#stats_line textarea", "2 samples with", 120_000)
     assert (ws / "data" / "chat.jsonl").exists()
     page.screenshot(path=str(shots / "web-data.png"), full_page=True)
+
+    # Plan: `glmtune plan` on the Train form's config, for a named GPU.
+    open_tab(page, "Plan")
+    page.locator("#plan_run").click()
+    wait_text(page, "#plan_text textarea", "recommendations", 120_000)
+    assert "RTX4090-24GB" in text_of(page, "#plan_text textarea")
+    page.locator("#plan_hist img").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / "web-plan.png"), full_page=True)
 
     # Train: a bad value is rejected with the config's own message; then a short LoRA job.
     open_tab(page, "Train")

@@ -115,3 +115,18 @@ def test_progress_reads_metrics_and_the_training_bar(ws, tmp_path):
     prog = actions.job_progress(job)
     assert (prog["step"], prog["total"], prog["eta"]) == (2, 6, "00:08")
     assert [r["series"] for r in prog["rows"]] == ["train", "train", "eval"]
+
+
+def test_plan_the_form_and_apply_a_recommendation(ws):
+    text, png, advice, line = actions.plan_form(ws, form(), "RTX4090-24GB")
+    assert "recommendations" in text and "RTX4090-24GB" in text and png.exists()
+    assert png.parent == ws.root / "plans" / "r1" and not (ws.runs_dir / "r1").exists()
+    assert line.startswith("glmtune plan ") and "--gpu RTX4090-24GB" in line
+    lr = next(row for row in advice if row[0] == "train.lr")
+    applied = actions.apply_advice(form(), f"train.lr={lr[2]}")
+    assert applied["lr"] == float(lr[2])  # a form field: set in place
+    applied = actions.apply_advice(applied, "train.warmup_steps=0")
+    assert applied["extra"].splitlines()[-1] == "train.warmup_steps=0"
+    applied = actions.apply_advice(applied, "train.eval_steps=12")  # replaces the preset's eval_steps line
+    assert applied["extra"].splitlines().count("train.eval_steps=12") == 1 and "train.eval_steps=50" not in applied["extra"]
+    assert actions.build_train(ws, dict(applied, run_name="r2"))[0].train.eval_steps == 12
