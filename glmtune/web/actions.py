@@ -341,3 +341,38 @@ def apply_advice(form: dict, choice: str) -> dict:
     lines = [ln for ln in (form.get("extra") or "").splitlines() if ln.split("=", 1)[0].strip() != key]
     form["extra"] = "\n".join(lines + [choice])
     return form
+
+
+# -- Evaluate -------------------------------------------------------------------------------------------------
+def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | None = None,
+               max_new_tokens: int | None = None, base_too: bool = False, forgetting: bool = False) -> tuple[Job, str]:
+    """`glmtune eval --run RUN --test FILE --out evals/NAME ...` as a job (generation takes a while)."""
+    run_dir = ws.resolve(run)
+    if not (run_dir / "method.json").exists():
+        raise WebError(f"{ws.rel(run_dir)} is not a finished run (no method.json)")
+    test_path = ws.resolve(test)
+    out = ws.root / "evals" / check_name(out_name, "evaluation name")
+    argv = ["eval", "--run", str(run_dir), "--test", str(test_path), "--out", str(out)]
+    if limit:
+        argv += ["--limit", str(int(limit))]
+    if base_too:
+        argv.append("--base-too")
+    if forgetting:
+        argv.append("--forgetting")
+    if max_new_tokens:
+        argv.append(f"eval.max_new_tokens={int(max_new_tokens)}")
+    job = ws.jobs.start("eval", [sys.executable, "-m", "glmtune", *argv], run_dir=out, name=out.name,
+                        env=glmtune_env())
+    return job, cli_line(argv)
+
+
+def eval_report(ws: Workspace, job: Job) -> tuple[str, Path | None]:
+    """The eval job's report.md (and confusion matrix PNG) once it is done; its state and log until then."""
+    out = Path(job.run_dir)
+    if job.status == "running":
+        return f"evaluation job {job.id} running → `{ws.rel(out)}`", None
+    report = out / "report.md"
+    if job.status != "finished" or not report.exists():
+        return f"evaluation job {job.id} {job.status} ({job.note or job.exit_code}):\n```\n{job.log_tail(1500)}\n```", None
+    png = next(iter(sorted(out.glob("confusion*.png"))), None)
+    return report.read_text(encoding="utf-8"), png

@@ -193,8 +193,10 @@ def build_ui(ws):
             job_id = None
         if job_id not in ids:
             job_id = default_job()
+        runs = ws.runs(finished_only=True)
         return (jobs_frame(), gr.update(choices=choices, value=job_id), *job_view(job_id), export_status(),
-                gr.update(choices=ws.runs(finished_only=True)), gr.update(choices=chat_sources()))
+                gr.update(choices=runs), gr.update(choices=chat_sources()), *eval_status(), gr.update(choices=runs),
+                gr.update(choices=ws.data_files()))
 
     def on_stop(job_id):
         try:
@@ -239,6 +241,21 @@ def build_ui(ws):
         except GlmtuneError as err:
             return "", err_text(err)
         return line, f"export job {job.id} started"
+
+    # -- Evaluate -----------------------------------------------------------------------------------------------
+    def eval_status():
+        jobs = [j for j in ws.jobs.list() if j.kind == "eval"]
+        if not jobs:
+            return "no evaluation yet", None
+        text, png = actions.eval_report(ws, jobs[0])
+        return text, str(png) if png else None
+
+    def on_eval(run, test, name, limit, max_new, base_too, forgetting):
+        try:
+            job, line = actions.start_eval(ws, run, test, name, limit, max_new, base_too, forgetting)
+        except GlmtuneError as err:
+            return "", err_text(err)
+        return line, f"evaluation job {job.id} started"
 
     # -- Chat ---------------------------------------------------------------------------------------------------
     def chat_sources():
@@ -440,6 +457,27 @@ def build_ui(ws):
                 export_btn.click(on_export, [export_run, export_size, export_dtype, export_device, export_name,
                                              export_verify], [export_cmd, export_msg])
 
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab_evaluate"):
+                with gr.Row():
+                    eval_run = gr.Dropdown(ws.runs(finished_only=True), label="Run", allow_custom_value=True,
+                                           elem_id="eval_run")
+                    eval_test = gr.Dropdown(ws.data_files(), label="Test file (inside the workspace)",
+                                            allow_custom_value=True, elem_id="eval_test")
+                    eval_name = gr.Textbox("eval", label="Output folder (evals/NAME)", elem_id="eval_name")
+                with gr.Row():
+                    eval_limit = gr.Number(None, label="Only the first N samples (empty: all)", precision=0,
+                                           elem_id="eval_limit")
+                    eval_max_new = gr.Number(128, label="eval.max_new_tokens", precision=0, elem_id="eval_max_new")
+                    eval_base = gr.Checkbox(False, label="Base too (base vs tuned)", elem_id="eval_base")
+                    eval_forget = gr.Checkbox(False, label="Forgetting check", elem_id="eval_forget")
+                    eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval_start")
+                eval_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="eval_command")
+                eval_msg = gr.Textbox(label="Status", elem_id="eval_msg", interactive=False)
+                eval_report = gr.Markdown(elem_id="eval_report")
+                eval_png = gr.Image(label="Confusion matrices", elem_id="eval_png", interactive=False)
+                eval_btn.click(on_eval, [eval_run, eval_test, eval_name, eval_limit, eval_max_new, eval_base,
+                                         eval_forget], [eval_cmd, eval_msg])
+
             with gr.Tab("Chat", id="chat", elem_id="tab_chat"):
                 with gr.Row():
                     chat_source = gr.Dropdown(chat_sources(), label="Run or export", allow_custom_value=True,
@@ -470,7 +508,8 @@ def build_ui(ws):
         plan_btn.click(on_plan, [plan_gpu, *form], [plan_text, plan_hist, plan_advice, advice_pick, plan_cmd])
         apply_btn.click(on_apply, [advice_pick, *form], [*form, plan_msg])
         timer = gr.Timer(2.0)
-        tick_out = [jobs_table, job_pick, progress, loss_plot, log_tail, export_out, export_run, chat_source]
+        tick_out = [jobs_table, job_pick, progress, loss_plot, log_tail, export_out, export_run, chat_source,
+                    eval_report, eval_png, eval_run, eval_test]
         timer.tick(on_tick, job_pick, tick_out, show_progress="hidden")
         ui.load(on_tick, job_pick, tick_out)
     return ui

@@ -81,13 +81,15 @@ class Workspace:
         return dest
 
     def data_files(self) -> list[str]:
-        skip = {"runs", "exports", "jobs"}
+        """Data files anywhere in the workspace but the folders glmtune writes (runs, exports, jobs, ...)."""
+        skip = {"runs", "exports", "jobs", "evals", "plans", "configs"}
         out = []
-        for p in sorted(self.root.rglob("*")):
-            rel = p.relative_to(self.root)
-            if rel.parts[0] in skip or not p.is_file() or p.suffix not in DATA_SUFFIXES:
+        for top in sorted(self.root.iterdir()):
+            if top.name in skip:
                 continue
-            out.append(str(rel))
+            for p in [top] if top.is_file() else sorted(top.rglob("*")):
+                if p.is_file() and p.suffix in DATA_SUFFIXES:
+                    out.append(str(p.relative_to(self.root)))
         return out
 
     def runs(self, finished_only: bool = False) -> list[str]:

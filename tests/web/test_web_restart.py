@@ -1,9 +1,11 @@
-"""`glmtune web` killed (SIGKILL) and restarted while a training job runs: the job is still listed and finishes.
+"""`glmtune web` killed (SIGKILL) and restarted while a training job runs: the job is still listed and finishes;
+then the finished run is evaluated from the page's Evaluate action.
 
 Driven over gradio's HTTP API with gradio_client (the same endpoints the page's buttons call), so it needs
 no browser.
 """
 
+import json
 import time
 
 import pytest
@@ -44,3 +46,19 @@ def test_web_killed_and_restarted_while_a_job_runs(web_server):
     progress = client.predict(1, api_name="/job_view")[0]
     assert "finished" in progress and "step 3/3" in progress
     assert (first.workspace / "runs" / "restart-lora" / "summary.json").exists()
+
+    # Evaluate the finished run (as `glmtune eval`, a job too) and read its report back.
+    test = first.workspace / "data" / "test.jsonl"
+    test.write_text(json.dumps({"messages": [{"role": "user", "content": "语速3"},
+                                             {"role": "assistant", "content": "语速:3;评语:好"}]},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    line, msg = client.predict("runs/restart-lora", "data/test.jsonl", "ev", 1, 8, False, False, api_name="/on_eval")
+    assert msg == "evaluation job 2 started" and line.startswith("glmtune eval --run ") and "--limit 1" in line
+    deadline = time.time() + 300
+    report = ""
+    while time.time() < deadline and not report.startswith("# Evaluation"):
+        time.sleep(2)
+        report = client.predict(None, api_name="/on_tick")[8]
+        assert "failed" not in report, report
+    assert report.startswith("# Evaluation: restart-lora") and "Text metrics" in report
+    assert (first.workspace / "evals" / "ev" / "report.json").exists()
