@@ -2,7 +2,7 @@
 
 Data: upload a file with a bad line and see `file:line` reported. Plan the form's config. Train: start a short LoRA job, reload the page,
 see the job still listed, watch it finish with a loss curve. Export with a 2 GB shard limit, verified. Chat with
-the export and get an answer. A screenshot of each tab is taken (GLMTUNE_WEB_SHOTS=DIR keeps them there;
+the export and get an answer. Evaluate the run on a test file. A screenshot of each tab is taken (GLMTUNE_WEB_SHOTS=DIR keeps them there;
 `GLMTUNE_WEB_SHOTS=docs/img` refreshes the README's).
 """
 
@@ -130,3 +130,19 @@ def test_whole_path_in_headless_chromium(web_server, browser, tmp_path):
     page.screenshot(path=str(shots / "web-chat.png"), full_page=True)
     page.locator("#clear").click()
     page.wait_for_function("() => !document.querySelector('#chat').innerText.includes('语速3')", timeout=30_000)
+
+    # Evaluate the run on a test file of the workspace: `glmtune eval` as a job, its report shown.
+    (ws / "data" / "test.jsonl").write_text(json.dumps(GOOD, ensure_ascii=False) + "\n", encoding="utf-8")
+    open_tab(page, "Evaluate")
+    page.locator("#eval_run input").click()
+    page.get_by_role("option", name="runs/web-lora").click()
+    page.wait_for_timeout(2500)  # the next refresh lists the new file
+    page.locator("#eval_test input").click()
+    page.get_by_role("option", name="data/test.jsonl").click()
+    page.locator("#eval_max_new input").fill("16")
+    page.locator("#eval_start").click()
+    wait_text(page, "#eval_msg textarea", "evaluation job 3 started", 30_000)
+    page.wait_for_function("() => (document.querySelector('#eval_report') || {}).innerText?.includes('Text metrics')",
+                           timeout=300_000)
+    assert (ws / "evals" / "eval" / "report.json").exists()
+    page.screenshot(path=str(shots / "web-evaluate.png"), full_page=True)
