@@ -27,13 +27,13 @@ class WebServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def start(self):
+    def start(self, args=(), env=None):
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
-               "NO_PROXY": "127.0.0.1,localhost", "PYTHONPATH": str(ROOT)}
+               "NO_PROXY": "127.0.0.1,localhost", "PYTHONPATH": str(ROOT), **(env or {})}
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "web", "--workspace", str(self.workspace),
-                                      "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=ROOT)
+                                      "--port", str(self.port), *args], stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=ROOT)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -56,10 +56,10 @@ class WebServer:
 def web_server(tmp_path):
     servers = []
 
-    def make(workspace=None):
+    def make(workspace=None, args=(), env=None):
         server = WebServer(workspace or tmp_path / "ws", tmp_path / "web.log")
         servers.append(server)
-        return server.start()
+        return server.start(args, env)
 
     yield make
     for s in servers:

@@ -62,3 +62,16 @@ def test_web_killed_and_restarted_while_a_job_runs(web_server):
         assert "failed" not in report, report
     assert report.startswith("# Evaluation: restart-lora") and "Text metrics" in report
     assert (first.workspace / "evals" / "ev" / "report.json").exists()
+
+
+def test_off_localhost_it_serves_only_with_the_token(web_server):
+    """--host 0.0.0.0 with a token (from the environment): nothing is served until the login gives the token."""
+    import httpx
+
+    server = web_server(args=["--host", "0.0.0.0"], env={"GLMTUNE_WEB_TOKEN": "s3cret"})
+    client = httpx.Client(base_url=server.url, trust_env=False, timeout=10)
+    assert client.get("/config").status_code == 401
+    assert client.get("/gradio_api/info").status_code == 401
+    assert client.post("/login", data={"username": "me", "password": "wrong"}).status_code == 400
+    assert client.post("/login", data={"username": "me", "password": "s3cret"}).status_code == 200
+    assert client.get("/config").status_code == 200
