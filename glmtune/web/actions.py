@@ -64,7 +64,8 @@ def check_data(ws: Workspace, path: str, fmt: str = "auto") -> tuple[list[str], 
     return lines, f"{shown}: {len(convs)} good record(s), {len(issues)} problem(s)"
 
 
-def data_stats(ws: Workspace, path: str, model_path: str = "tiny:glm4", cutoff_len: int = 2048) -> tuple[list[list], str]:
+def data_stats(ws: Workspace, path: str, model_path: str = "tiny:glm4",
+               cutoff_len: int = 2048) -> tuple[list[list], str]:
     """`glmtune data stats`: token lengths with the model's real chat template, and what the cutoff would cut."""
     from glmtune.config.load import load_config
     from glmtune.data.dataset import load_conversations
@@ -373,6 +374,7 @@ def eval_report(ws: Workspace, job: Job) -> tuple[str, Path | None]:
         return f"evaluation job {job.id} running → `{ws.rel(out)}`", None
     report = out / "report.md"
     if job.status != "finished" or not report.exists():
-        return f"evaluation job {job.id} {job.status} ({job.note or job.exit_code}):\n```\n{job.log_tail(1500)}\n```", None
+        why = job.note or job.exit_code
+        return f"evaluation job {job.id} {job.status} ({why}):\n```\n{job.log_tail(1500)}\n```", None
     png = next(iter(sorted(out.glob("confusion*.png"))), None)
     return report.read_text(encoding="utf-8"), png

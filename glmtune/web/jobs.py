@@ -188,7 +188,8 @@ class JobStore:
                 return job  # being written right now (it is replaced atomically): read it next time
             code = info.get("exit_code")
             status = FINISHED if code == 0 else STOPPED if job.stop_requested else FAILED
-            note = job.note or (None if code == 0 else f"exit code {code}" + (" (stopped)" if status == STOPPED else ""))
+            suffix = " (stopped)" if status == STOPPED else ""
+            note = job.note or (None if code == 0 else f"exit code {code}{suffix}")
             self._update(job.id, status=status, exit_code=code, ended=info.get("ended"), note=note)
         elif not job.pid and time.time() - job.started < 30:
             return job  # just inserted; its process is being started by another server right now
@@ -197,8 +198,9 @@ class JobStore:
             if exit_path is not None and exit_path.exists():
                 return self._reconcile(job)
             status = STOPPED if job.stop_requested else FAILED
-            self._update(job.id, status=status, ended=time.time(), note="stopped before it could record an exit code"
-                         if job.stop_requested else "process ended without an exit code (killed, or the machine restarted)")
+            note = ("stopped before it could record an exit code" if job.stop_requested
+                    else "process ended without an exit code (killed, or the machine restarted)")
+            self._update(job.id, status=status, ended=time.time(), note=note)
         else:
             return job
         with self._connect() as con:

@@ -128,5 +128,6 @@ def test_plan_the_form_and_apply_a_recommendation(ws):
     applied = actions.apply_advice(applied, "train.warmup_steps=0")
     assert applied["extra"].splitlines()[-1] == "train.warmup_steps=0"
     applied = actions.apply_advice(applied, "train.eval_steps=12")  # replaces the preset's eval_steps line
-    assert applied["extra"].splitlines().count("train.eval_steps=12") == 1 and "train.eval_steps=50" not in applied["extra"]
+    assert applied["extra"].splitlines().count("train.eval_steps=12") == 1
+    assert "train.eval_steps=50" not in applied["extra"]
     assert actions.build_train(ws, dict(applied, run_name="r2"))[0].train.eval_steps == 12
