@@ -378,3 +378,24 @@ def eval_report(ws: Workspace, job: Job) -> tuple[str, Path | None]:
         return f"evaluation job {job.id} {job.status} ({why}):\n```\n{job.log_tail(1500)}\n```", None
     png = next(iter(sorted(out.glob("confusion*.png"))), None)
     return report.read_text(encoding="utf-8"), png
+
+
+def evals(ws: Workspace) -> list[str]:
+    return sorted(p.parent.name for p in (ws.root / "evals").glob("*/report.json"))
+
+
+def compare_evals(ws: Workspace, names: list[str]) -> tuple[str, Path, str]:
+    """`glmtune eval compare evals/A evals/B ... --out evals/compare`: compare.md, compare.png, the command."""
+    import io
+
+    from rich.console import Console
+
+    from glmtune.evaluate.compare import write_comparison
+
+    if not names:
+        raise WebError("pick at least one evaluation")
+    refs = [ws.resolve(Path("evals") / check_name(n, "evaluation name") / "report.json") for n in names]
+    out = ws.root / "evals" / "compare"
+    paths = write_comparison([r.parent for r in refs], out, console=Console(file=io.StringIO(), width=150))
+    argv = ["eval", "compare", *[str(r.parent) for r in refs], "--out", str(out)]
+    return paths["compare.md"].read_text(encoding="utf-8"), paths["compare.png"], cli_line(argv)

@@ -257,6 +257,13 @@ def build_ui(ws):
             return "", err_text(err)
         return line, f"evaluation job {job.id} started"
 
+    def on_compare(names):
+        try:
+            md, png, line = actions.compare_evals(ws, names or [])
+        except (GlmtuneError, OSError, ValueError, KeyError) as err:
+            return err_text(err), None, ""
+        return md.replace("![comparison](compare.png)", ""), str(png), line
+
     # -- Chat ---------------------------------------------------------------------------------------------------
     def chat_sources():
         return [f"run: {r}" for r in ws.runs(finished_only=True)] + [f"export: {e}" for e in ws.exports()]
@@ -354,7 +361,8 @@ def build_ui(ws):
                 plan_advice = gr.Dataframe(label="Recommendations", elem_id="plan_advice", interactive=False,
                                            wrap=True)
                 with gr.Row():
-                    advice_pick = gr.Dropdown([], label="Recommendation", elem_id="advice_pick", scale=3)
+                    advice_pick = gr.Dropdown([], label="Recommendation", elem_id="advice_pick", scale=3,
+                                              allow_custom_value=True)
                     apply_btn = gr.Button("Apply to the Train form", elem_id="advice_apply", scale=1)
                 plan_msg = gr.Textbox(label="Applied", elem_id="plan_msg", interactive=False)
                 plan_hist = gr.Image(label="Rendered lengths (lengths.png)", elem_id="plan_hist", interactive=False,
@@ -390,7 +398,7 @@ def build_ui(ws):
                                                  precision=0, elem_id="trainable_layers")
                 with gr.Row():
                     epochs = gr.Number(values0["epochs"], label="train.epochs", elem_id="epochs")
-                    max_steps = gr.Number(values0["max_steps"], label="train.max_steps (empty: epochs)",
+                    max_steps = gr.Number(values0["max_steps"], label="train.max_steps (0: use epochs)",
                                           precision=0, elem_id="max_steps")
                     batch_size = gr.Number(values0["batch_size"], label="train.batch_size", precision=0,
                                            elem_id="batch_size")
@@ -475,6 +483,17 @@ def build_ui(ws):
                 eval_msg = gr.Textbox(label="Status", elem_id="eval_msg", interactive=False)
                 eval_report = gr.Markdown(elem_id="eval_report")
                 eval_png = gr.Image(label="Confusion matrices", elem_id="eval_png", interactive=False)
+                gr.Markdown("#### Compare evaluations side by side (`glmtune eval compare`)")
+                with gr.Row():
+                    compare_pick = gr.Dropdown(actions.evals(ws), multiselect=True, allow_custom_value=True,
+                                               label="Evaluations (evals/NAME)",
+                                               elem_id="compare_pick", scale=4)
+                    compare_btn = gr.Button("Compare", elem_id="compare_run", scale=1)
+                compare_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="compare_command")
+                compare_md = gr.Markdown(elem_id="compare_report")
+                compare_png = gr.Image(label="compare.png", elem_id="compare_png", interactive=False, height=300)
+                compare_btn.click(on_compare, compare_pick, [compare_md, compare_png, compare_cmd])
+                compare_pick.focus(lambda: gr.update(choices=actions.evals(ws)), None, compare_pick)
                 eval_btn.click(on_eval, [eval_run, eval_test, eval_name, eval_limit, eval_max_new, eval_base,
                                          eval_forget], [eval_cmd, eval_msg])
 

@@ -62,6 +62,9 @@ def test_web_killed_and_restarted_while_a_job_runs(web_server):
         assert "failed" not in report, report
     assert report.startswith("# Evaluation: restart-lora") and "Text metrics" in report
     assert (first.workspace / "evals" / "ev" / "report.json").exists()
+    md, _png, line = client.predict(["ev"], api_name="/on_compare")
+    assert md.startswith("# Eval comparison") and "| restart-lora |" in md, md
+    assert line.startswith("glmtune eval compare ") and (first.workspace / "evals" / "compare" / "compare.json").exists()
 
 
 def test_off_localhost_it_serves_only_with_the_token(web_server):
