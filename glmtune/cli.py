@@ -21,6 +21,7 @@ VERBS: dict[str, str] = {
     "export": "glmtune.export.cli",
     "chat": "glmtune.serve.chat_cli",
     "webchat": "glmtune.serve.webui",
+    "web": "glmtune.web.app",
     "serve": "glmtune.serve.cli",
     "bench": "glmtune.serve.loadtest",
     "oral": "glmtune.tasks.oral_reading.cli",
