@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from glmtune.config.load import ConfigError
 from glmtune.data.formats import Conversation, Source
 
 IGNORE = -100
@@ -54,8 +55,8 @@ class Skip:
         return dict(self.__dict__)
 
 
-class TemplateError(ValueError):
-    pass
+class TemplateError(ConfigError):
+    """The chat template cannot render this data the way training needs (printed as one line by the CLI)."""
 
 
 # Content is marked with two private-use characters while rendering, so the text a message carries can be told
@@ -198,6 +199,10 @@ class Renderer:
             start = len(chat_ids(self.tokenizer, messages[:k], add_generation_prompt=True))
             through = full if k == len(messages) - 1 else chat_ids(self.tokenizer, messages[: k + 1])
             end = len(through)
+            if (full[:end] != through or start > end) and chat_format(self.tokenizer) == "chatglm":
+                raise TemplateError(
+                    "chatglm-6b's prompt format ([Round N] 问/答, as its P-Tuning main.py) supervises only the final "
+                    "answer; earlier answers are history: set data.loss_on=last_turn")
             if full[:end] != through or start > end:
                 raise TemplateError(
                     "the chat template is not prefix-stable (rendering a conversation's first turns does not give "

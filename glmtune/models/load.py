@@ -65,7 +65,9 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: s
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
-        raise ValueError(
+        from glmtune.config.load import ConfigError
+
+        raise ConfigError(
             f"{path}: the tokenizer has no chat_template. Set model.chat_template so training and serving "
             f"render prompts the same way."
         )

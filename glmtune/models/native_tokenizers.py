@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from glmtune.config.load import ConfigError
+
 GLM4_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
 GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
@@ -68,7 +70,7 @@ CHATGLM6B_CHAT_TEMPLATE = (
 )
 
 
-class NativeTokenizerError(ValueError):
+class NativeTokenizerError(ConfigError):
     pass
 
 
