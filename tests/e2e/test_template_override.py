@@ -43,5 +43,6 @@ def test_run_with_template_override_chats_and_exports_the_same_prompt_ids(tmp_pa
     assert verify["passed"] and verify["prompt_ids_equal"]
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == OVERRIDE
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == OVERRIDE  # older readers
     ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
     assert list(ids if isinstance(ids, list) else ids["input_ids"]) == run_ids
