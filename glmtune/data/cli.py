@@ -170,6 +170,17 @@ def _print_sample(console, tok, conv, ex, skip) -> None:
         i = j
     console.print(text)
     console.print(ids)
+    # The same in words, for logs and pipes where colours are lost: each supervised span, decoded, with its ids.
+    spans, cur = [], []
+    for t, f in zip(ex.input_ids, flags):
+        if f:
+            cur.append(t)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    spans += [cur] if cur else []
+    for span in spans:
+        console.print(Text(f"supervised: {tok.decode(span, skip_special_tokens=False)!r} = {span}"))
 
 
 def run(args) -> int:

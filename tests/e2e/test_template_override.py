@@ -1,5 +1,5 @@
-"""One chat template from training to serving: a run trained with `model.chat_template=...` is chatted with, and its
-export (read by plain transformers) renders the same prompt ids as the run."""
+"""One chat template from training to serving: a run trained with `model.chat_template=...` answers through `chat`
+and `serve`, and its export (read by plain transformers) renders the same prompt ids as the run."""
 
 import json
 
@@ -36,6 +36,22 @@ def test_run_with_template_override_chats_and_exports_the_same_prompt_ids(tmp_pa
     run_ids = engine.prompt_ids(msgs)
     assert engine.tokenizer.decode(run_ids).startswith("[gMASK]<sop><|system|> 你是老师\n<|user|> 语速1\n")
     assert rendered["input_ids"][:len(run_ids)] == run_ids  # training rendered the same prompt
+    # serve: the OpenAI API counts the same prompt tokens (it renders with the run's template too)
+    import httpx
+
+    from glmtune.serve.api import create_app, serve_in_thread
+    from glmtune.serve.config import ServeSection
+    from glmtune.serve.loading import load_served
+
+    server, url = serve_in_thread(create_app(load_served(run=str(run)), ServeSection(max_new_tokens=4)))
+    try:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                       json={"model": "run", "messages": msgs, "max_tokens": 4, "temperature": 0})
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == len(run_ids)
     # export: plain transformers reads the override from the merged folder and renders identical prompt ids
     out = tmp_path / "export"
     glmtune("export", "--run", run, "--out", out)
