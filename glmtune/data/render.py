@@ -4,12 +4,12 @@ Labels supervise assistant turns only (-100 elsewhere). Spans are found by rende
 the same template serving uses: an assistant turn k covers
 `render(messages[:k], add_generation_prompt=True)` .. `render(messages[:k+1])`. GLM-4 closes a turn with
 the *next* role token (or nothing at the end), so the token that ends each supervised turn is
-supervised too (the next `<|user|>`, or an appended `<|endoftext|>` after the last turn): the model
-learns to stop (PEERS.md gap 1; the "never stops under vLLM" bug, GLM-4#297).
+supervised too (the next `<|user|>`, or, after the last turn, the closing token the official fine-tuning
+code appends: `closing_id`): the model learns to stop (the "never stops under vLLM" bug, GLM-4#297).
 
 >>> # Worked example with GLM-4's template (ids shown as tokens):
->>> # [gMASK] <sop> <|user|> \\n 你好 <|assistant|> | \\n 好 <|endoftext|>
->>> # labels:  -100 ...                       -100 | \\n 好 <|endoftext|>
+>>> # [gMASK] <sop> <|user|> \\n 你好 <|assistant|> | \\n 好 <|user|>
+>>> # labels:  -100 ...                       -100 | \\n 好 <|user|>
 """
 
 from __future__ import annotations
