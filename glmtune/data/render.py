@@ -138,13 +138,16 @@ def _chat_ids_literal(tokenizer, messages, add_generation_prompt, risky, special
 def chat_format(tokenizer) -> str:
     """Which official chat format the tokenizer's vocabulary belongs to: 'glm4' | 'chatglm3' | 'chatglm' |
     'generic'. It decides how an answer is closed in training (`closing_id`)."""
-    vocab = tokenizer.get_vocab()
+    def has(*tokens):  # token lookups, not get_vocab(): that builds a 150k-entry dict
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        return all(i is not None and i != tokenizer.unk_token_id for i in ids)
+
     eos = tokenizer.eos_token
-    if eos == "<|endoftext|>" and "<|user|>" in vocab and "[gMASK]" in vocab:
+    if eos == "<|endoftext|>" and has("<|user|>", "[gMASK]"):
         return "glm4"
-    if eos == "</s>" and "<|user|>" in vocab and "sop" in vocab:
+    if eos == "</s>" and has("<|user|>", "sop"):
         return "chatglm3"
-    if eos == "<eop>" and "<sop>" in vocab and "[gMASK]" in vocab:
+    if eos == "<eop>" and has("<sop>", "[gMASK]"):
         return "chatglm"
     return "generic"
 
