@@ -11,7 +11,8 @@ import argparse
 
 from glmtune.config.cli import add_config_args
 
-HELP = "Check data files (file:line errors) or report token-length statistics with the real template."
+HELP = ("Check data files (file:line errors), report token-length statistics with the real template, or render "
+        "samples to the exact ids and supervised tokens training uses.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
