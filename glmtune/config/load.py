@@ -27,6 +27,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+VERBATIM_KEYS = {"model.chat_template"}
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """`["train.lr=5e-4", "method.name=qlora"]` -> [("train.lr", 5e-4), ...]; values are YAML scalars."""
     out = []
@@ -34,6 +37,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, raw = item.split("=", 1)
+        if key.strip() in VERBATIM_KEYS:  # a Jinja template is not YAML ("[gMASK]{% for ..." fails to parse)
+            out.append((key.strip(), raw or None))
+            continue
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as err:

@@ -113,6 +113,12 @@ def split_conversations(data_cfg) -> tuple[list[Conversation], list[Conversation
     return train, val, test, issues
 
 
+def render_sample(conv: Conversation, renderer: Renderer, data_cfg) -> tuple[Example | None, Skip | None]:
+    """One conversation -> the (input_ids, labels) training uses, under the data section's cutoff and over-length
+    policy. `glmtune data render` shows exactly this."""
+    return render_with_policy(conv, renderer, data_cfg.cutoff_len, data_cfg.overlength)
+
+
 def prepare(cfg, tokenizer, stop_ids: list[int]) -> Prepared:
     """Everything training needs from the data section; raises DataError on bad data unless told to skip."""
     d = cfg.data
@@ -130,7 +136,7 @@ def prepare(cfg, tokenizer, stop_ids: list[int]) -> Prepared:
         out = []
         for conv in convs:
             report.seen += 1
-            ex, skip = render_with_policy(conv, renderer, d.cutoff_len, d.overlength)
+            ex, skip = render_sample(conv, renderer, d)
             if skip is not None:
                 report.skips.append(skip)
             if ex is not None:

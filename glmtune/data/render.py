@@ -4,12 +4,12 @@ Labels supervise assistant turns only (-100 elsewhere). Spans are found by rende
 the same template serving uses: an assistant turn k covers
 `render(messages[:k], add_generation_prompt=True)` .. `render(messages[:k+1])`. GLM-4 closes a turn with
 the *next* role token (or nothing at the end), so the token that ends each supervised turn is
-supervised too (the next `<|user|>`, or an appended `<|endoftext|>` after the last turn): the model
-learns to stop (PEERS.md gap 1; the "never stops under vLLM" bug, GLM-4#297).
+supervised too (the next `<|user|>`, or, after the last turn, the closing token the official fine-tuning
+code appends: `closing_id`): the model learns to stop (the "never stops under vLLM" bug, GLM-4#297).
 
 >>> # Worked example with GLM-4's template (ids shown as tokens):
->>> # [gMASK] <sop> <|user|> \\n 你好 <|assistant|> | \\n 好 <|endoftext|>
->>> # labels:  -100 ...                       -100 | \\n 好 <|endoftext|>
+>>> # [gMASK] <sop> <|user|> \\n 你好 <|assistant|> | \\n 好 <|user|>
+>>> # labels:  -100 ...                       -100 | \\n 好 <|user|>
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from glmtune.config.load import ConfigError
 from glmtune.data.formats import Conversation, Source
 
 IGNORE = -100
@@ -54,15 +55,114 @@ class Skip:
         return dict(self.__dict__)
 
 
-class TemplateError(ValueError):
-    pass
+class TemplateError(ConfigError):
+    """The chat template cannot render this data the way training needs (printed as one line by the CLI)."""
+
+
+# Content is marked with two private-use characters while rendering, so the text a message carries can be told
+# apart from the text the template writes (see `chat_ids`).
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+def added_token_texts(tokenizer) -> list[str]:
+    """Texts the tokenizer turns into added/special tokens wherever they appear, longest first."""
+    texts = {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+    texts.update(getattr(tokenizer, "all_special_tokens", []) or [])
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def _render_text(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if not isinstance(out, list):  # transformers 5 returns a BatchEncoding
-        out = out["input_ids"]
-    return list(out)
+    """Token ids of `messages` under the tokenizer's chat template: the one function training, `data render`,
+    `data stats`, predict, eval, chat and serve all use.
+
+    Text inside a message is always encoded as text: `<|user|>` typed by a user (or found in a system prompt or a
+    tool result) becomes the characters `<`, `|`, `user`..., never the role token, so nobody can forge a turn. The
+    official ChatGLM3 `build_single_message` and GLM-4 `build_single_message` encode content the same way.
+    Conversations without special-token text take the plain `apply_chat_template` path (identical ids).
+    """
+    specials = added_token_texts(tokenizer)
+    risky = [i for i, m in enumerate(messages)
+             if isinstance(m.get("content"), str) and any(t in m["content"] for t in specials)]
+    if not risky:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+        if not isinstance(out, list):  # transformers 5 returns a BatchEncoding
+            out = out["input_ids"]
+        return list(out)
+    return _chat_ids_literal(tokenizer, messages, add_generation_prompt, risky, specials)
+
+
+def _chat_ids_literal(tokenizer, messages, add_generation_prompt, risky, specials) -> list[int]:
+    import re
+
+    if any(_OPEN in m["content"] or _CLOSE in m["content"] for m in (messages[i] for i in risky)):
+        raise TemplateError("a message contains the private-use characters U+E000/U+E001 next to special-token "
+                            "text; glmtune cannot tell it apart from the template. Remove them from the data.")
+    marked = [dict(m, content=_OPEN + m["content"] + _CLOSE) if i in risky else m for i, m in enumerate(messages)]
+    text = _render_text(tokenizer, marked, add_generation_prompt)
+    if text.replace(_OPEN, "").replace(_CLOSE, "") != _render_text(tokenizer, messages, add_generation_prompt):
+        raise TemplateError("the chat template rewrites message content, so special-token text inside a message "
+                            "(e.g. '<|user|>') cannot be kept as text. Remove it from the data or use a template "
+                            "that writes content unchanged.")
+    # Items: token ids for special tokens the template wrote, text for everything else. Adjacent text (template
+    # text and content) is encoded together, exactly as the tokenizer does between two special tokens.
+    special_re = re.compile("|".join(re.escape(t) for t in specials))
+    items: list = []
+    for k, part in enumerate(re.split(f"[{_OPEN}{_CLOSE}]", text)):
+        if k % 2 == 1:  # inside a message: text only
+            items.append(part)
+            continue
+        pos = 0
+        for m in special_re.finditer(part):
+            items.append(part[pos:m.start()])
+            items.append(tokenizer.convert_tokens_to_ids(m.group()))
+            pos = m.end()
+        items.append(part[pos:])
+    ids: list[int] = []
+    buf = ""
+    for it in items + [None]:
+        if isinstance(it, str):
+            buf += it
+            continue
+        if buf:
+            ids += tokenizer(buf, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            buf = ""
+        if it is not None:
+            ids.append(it)
+    return ids
+
+
+def chat_format(tokenizer) -> str:
+    """Which official chat format the tokenizer's vocabulary belongs to: 'glm4' | 'chatglm3' | 'chatglm' |
+    'generic'. It decides how an answer is closed in training (`closing_id`)."""
+    def has(*tokens):  # token lookups, not get_vocab(): that builds a 150k-entry dict
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        return all(i is not None and i != tokenizer.unk_token_id for i in ids)
+
+    eos = tokenizer.eos_token
+    if eos == "<|endoftext|>" and has("<|user|>", "[gMASK]"):
+        return "glm4"
+    if eos == "</s>" and has("<|user|>", "sop"):
+        return "chatglm3"
+    if eos == "<eop>" and has("<sop>", "[gMASK]"):
+        return "chatglm"
+    return "generic"
+
+
+def closing_id(tokenizer, stop_ids: list[int]) -> int:
+    """The supervised token that ends the last answer of a training sample, as the official fine-tuning code has it:
+    GLM-4 `finetune.py` (THUDM/GLM-4, since July 2024) appends `<|user|>` (151336), the token the template writes
+    after an answer when the user speaks next, so training never shows `<|endoftext|>` mid-chat; ChatGLM3
+    `finetune_hf.py` appends eos (`</s>`); ChatGLM-6B's template writes `<eop>` itself. Others: eos."""
+    fmt = chat_format(tokenizer)
+    if fmt == "glm4":
+        return tokenizer.convert_tokens_to_ids("<|user|>")
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return stop_ids[0]
 
 
 @dataclass
@@ -72,8 +172,16 @@ class Renderer:
     tokenizer: object
     stop_ids: list[int]
     loss_on: str = "all_assistant"
+    close_id: int | None = None  # appended after a last answer the template leaves open; see `closing_id`
     # Full renders are reused by stats/pre-flight after dataset preparation (same messages, same result).
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.close_id is None:
+            self.close_id = closing_id(self.tokenizer, self.stop_ids)
+        # ChatGLM-6B's P-Tuning main.py also supervises the <sop> that opens the answer.
+        self._open_ids = ({self.tokenizer.convert_tokens_to_ids("<sop>")}
+                          if chat_format(self.tokenizer) == "chatglm" else set())
 
     def render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
@@ -91,10 +199,12 @@ class Renderer:
         spans = _windowed_spans(self.tokenizer, messages, full, assistant) if len(assistant) > PREFIX_MAX else None
         if spans is None:
             spans = [_prefix_span(self.tokenizer, messages, full, k) for k in assistant]
-        stops = set(self.stop_ids)
+        stops = set(self.stop_ids) | {self.close_id}
         close_at_end = False
         for start, end in spans:
             labels[start:end] = full[start:end]
+            if start > 0 and full[start - 1] in self._open_ids:
+                labels[start - 1] = full[start - 1]
             if not stops.intersection(full[max(start, end - 2):end]):
                 # The template did not close the turn itself: supervise the token that closes it.
                 if end < len(full):
@@ -102,8 +212,8 @@ class Renderer:
                 else:
                     close_at_end = True
         if messages[-1]["role"] == "assistant" and not stops.intersection(full[-2:]):
-            full = full + [self.stop_ids[0]]
-            labels = labels + ([self.stop_ids[0]] if close_at_end else [IGNORE])
+            full = full + [self.close_id]
+            labels = labels + ([self.close_id] if close_at_end else [IGNORE])
         return full, labels
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -116,6 +226,10 @@ def _prefix_span(tokenizer, messages: list[dict], full: list[int], k: int) -> tu
     start = len(chat_ids(tokenizer, messages[:k], add_generation_prompt=True))
     through = full if k == len(messages) - 1 else chat_ids(tokenizer, messages[: k + 1])
     end = len(through)
+    if (full[:end] != through or start > end) and chat_format(tokenizer) == "chatglm":
+        raise TemplateError(
+            "chatglm-6b's prompt format ([Round N] 问/答, as its P-Tuning main.py) supervises only the final "
+            "answer; earlier answers are history: set data.loss_on=last_turn")
     if full[:end] != through or start > end:
         raise TemplateError(
             "the chat template is not prefix-stable (rendering a conversation's first turns does not give "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from glmtune.data.formats import Conversation
-from glmtune.data.render import IGNORE, Renderer, chat_ids
+from glmtune.data.render import IGNORE, Renderer
 
 
 @dataclass
@@ -39,10 +39,17 @@ def summarize(values: list[int]) -> dict:
             "max": max(values) if values else 0, "mean": round(sum(values) / len(values), 1) if values else 0}
 
 
+def template_overhead(renderer: Renderer, probe: str = "你好") -> int:
+    """Tokens one user/assistant exchange costs beyond its text, closing token included. Measured with real text:
+    templates such as GLM-4's skip a turn whose content is empty, so an empty exchange would under-count."""
+    text = len(renderer.tokenizer.encode(probe, add_special_tokens=False))
+    ids, _ = renderer.render([{"role": "user", "content": probe}, {"role": "assistant", "content": probe}])
+    return len(ids) - 2 * text
+
+
 def compute_stats(conversations: list[Conversation], renderer: Renderer) -> DataStats:
     st = DataStats()
-    st.template_overhead = len(chat_ids(renderer.tokenizer, [{"role": "user", "content": ""},
-                                                             {"role": "assistant", "content": ""}])) + 1
+    st.template_overhead = template_overhead(renderer)
     for conv in conversations:
         ids, labels = renderer.render(conv.messages)
         sup = sum(1 for x in labels if x != IGNORE)

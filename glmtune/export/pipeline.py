@@ -75,8 +75,19 @@ def _copy_support_files(run_dir: Path, base_dir: Path, source_dir: Path, out: Pa
     for name in TOKENIZER_FILES:
         if (tok_dir / name).exists():
             shutil.copy2(tok_dir / name, out / name)
+    _template_into_tokenizer_config(out)
     for py in base_dir.glob("*.py"):  # remote-code checkpoints (ChatGLM) need their modelling/tokenizer code
         shutil.copy2(py, out / py.name)
+
+
+def _template_into_tokenizer_config(out: Path) -> None:
+    """transformers 5 saves the chat template as chat_template.jinja; older readers (transformers < 4.43, TGI,
+    llama.cpp's converter) only look in tokenizer_config.json, so the template the run trained with goes there too."""
+    jinja, cfg_file = out / "chat_template.jinja", out / "tokenizer_config.json"
+    if jinja.exists() and cfg_file.exists():
+        cfg = json.loads(cfg_file.read_text("utf-8"))
+        cfg["chat_template"] = jinja.read_text("utf-8")
+        cfg_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 def _readable(folder: Path) -> None:

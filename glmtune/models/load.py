@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,30 @@ def torch_dtype(name: str, precision: str = "fp32"):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+_NOTED: set[str] = set()
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from glmtune.models.native_tokenizers import build_native, note, remote_kind
+
+    kind = remote_kind(Path(path))
+    if kind is not None:  # remote ChatGLM tokenizer code: broken on transformers 5; same vocabulary, native
+        tok = build_native(Path(path), kind)
+        if str(path) not in _NOTED:
+            _NOTED.add(str(path))
+            print(note(Path(path), kind), file=sys.stderr)
+    else:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if chat_template:
         tok.chat_template = chat_template
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
-        raise ValueError(
+        from glmtune.config.load import ConfigError
+
+        raise ConfigError(
             f"{path}: the tokenizer has no chat_template. Set model.chat_template so training and serving "
             f"render prompts the same way."
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from glmtune.config.load import ConfigError
 from glmtune.errors import GenerationError
 
 
@@ -25,7 +26,7 @@ class Completion:
     finish_reason: str  # "stop" | "length"
 
 
-class TemplateMismatch(ValueError):
+class TemplateMismatch(ConfigError):
     pass
 
 
@@ -92,8 +93,10 @@ class HFEngine:
         meta = json.loads(meta_path.read_text())
         cfg = load_config(run_dir / "config.yaml")
         method = get(meta["method"])
+        # The run's chat template, a `model.chat_template` override included: serve as it trained.
         base_cfg = ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
-                                dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+                                dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                                chat_template=cfg.model.chat_template)
         # Load the base the way the method trained on it (quantised for qlora, prefix config for remote-code
         # ptuning), so the trained part goes on without a second load.
         loaded = load(base_cfg, cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32",

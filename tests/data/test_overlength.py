@@ -32,9 +32,9 @@ def test_truncate_keeps_template_answer_and_stop(tok):
     assert skip.kind == "truncated" and skip.tokens_before == len(full) and skip.tokens_after == len(ex) <= 120
     text = tok.decode(ex.input_ids)
     assert text.startswith("[gMASK]<sop><|system|>\n你是老师<|user|>\n开头")
-    assert "结尾的指令。<|assistant|>\n语速:5;停顿:3;评语:好<|endoftext|>" in text
+    assert "结尾的指令。<|assistant|>\n语速:5;停顿:3;评语:好<|user|>" in text
     sup = tok.decode([t for t in ex.labels if t != IGNORE])
-    assert sup == "\n语速:5;停顿:3;评语:好<|endoftext|>"
+    assert sup == "\n语速:5;停顿:3;评语:好<|user|>"
     assert skip.supervised_lost == 0
 
 

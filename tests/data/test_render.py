@@ -28,9 +28,10 @@ def test_stop_ids_put_eos_first(renderer):
     assert set(tok.convert_ids_to_tokens(renderer.stop_ids)) == {"<|endoftext|>", "<|user|>", "<|observation|>"}
 
 
-def test_ids_equal_apply_chat_template_plus_eos(renderer):
+def test_ids_equal_apply_chat_template_plus_closing_user_token(renderer):
+    # GLM-4's official finetune.py closes a sample with <|user|> (what the template writes after an answer).
     ids, labels = renderer.render(MULTI)
-    assert ids == chat_ids(renderer.tokenizer, MULTI) + [renderer.tokenizer.eos_token_id]
+    assert ids == chat_ids(renderer.tokenizer, MULTI) + [renderer.tokenizer.convert_tokens_to_ids("<|user|>")]
     assert len(labels) == len(ids)
 
 
@@ -44,8 +45,8 @@ def test_only_answers_and_turn_closers_are_supervised(renderer):
     ids, labels = renderer.render(MULTI)
     sup = [i for i, x in enumerate(labels) if x != IGNORE]
     text = tok.decode([ids[i] for i in sup])
-    # Both answers, the <|user|> that closes the first one, and the eos that closes the last one.
-    assert text == "\n语速:5;停顿:3<|user|>\n评语:继续努力<|endoftext|>"
+    # Both answers, each closed by the <|user|> that follows it (appended after the last, as GLM-4's finetune.py).
+    assert text == "\n语速:5;停顿:3<|user|>\n评语:继续努力<|user|>"
     # Nothing of the system or user turns is learned.
     for m in MULTI:
         if m["role"] != "assistant":
@@ -75,7 +76,7 @@ def test_last_turn_only(renderer):
     r = Renderer(renderer.tokenizer, renderer.stop_ids, loss_on="last_turn")
     ids, labels = r.render(MULTI)
     text = r.tokenizer.decode([t for t in labels if t != IGNORE])
-    assert text == "\n评语:继续努力<|endoftext|>"
+    assert text == "\n评语:继续努力<|user|>"
 
 
 def test_glm_and_glm4_render_identically(tiny_glm4, tiny_glm):
@@ -101,4 +102,4 @@ def test_non_prefix_stable_template_is_refused(renderer):
 def test_render_from_conversation_source(renderer):
     conv = Conversation(MULTI[1:3], Source("f.jsonl", 3))
     ids, labels = renderer.render(conv.messages)
-    assert ids[-1] == renderer.tokenizer.eos_token_id and labels[-1] == ids[-1]
+    assert ids[-1] == renderer.tokenizer.convert_tokens_to_ids("<|user|>") and labels[-1] == ids[-1]
