@@ -75,7 +75,10 @@ def measure_template(tok) -> dict:
         if not r_t.startswith(r_ua):
             raise TemplateNotExpressible(f"a {tool_role} message changes the turns before it")
         roles["tool"] = _split(r_t[len(r_ua):], _S["tool"], tool_role)
-    return {"prefix": prefix, "roles": roles, "generation_prompt": gen, "tool_role": tool_role}
+    # Templates that drop a message with empty content (GLM-4's `{% if item['content'] %}`) get `if .Content`.
+    skips_empty = _render(tok, ua + [{"role": "user", "content": ""}]) == r_ua
+    return {"prefix": prefix, "roles": roles, "generation_prompt": gen, "tool_role": tool_role,
+            "skips_empty": skips_empty}
 
 
 def go_template(m: dict) -> str:
@@ -86,12 +89,15 @@ def go_template(m: dict) -> str:
     for i, role in enumerate(r for r in OLLAMA_ROLES if r in m["roles"]):
         before, after = m["roles"][role]
         branches.append(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}')
-    return (m["prefix"] + "{{ range .Messages }}" + "".join(branches) + "{{ end }}{{ end }}"
-            + m["generation_prompt"])
+    body = "".join(branches) + "{{ end }}"
+    if m.get("skips_empty"):
+        body = "{{ if .Content }}" + body + "{{ end }}"
+    return m["prefix"] + "{{ range .Messages }}" + body + "{{ end }}" + m["generation_prompt"]
 
 
 # --- a renderer for the Go-template subset above (literal text, {{ .Content }}, {{ .Role }},
-# {{ range .Messages }}, {{ if/else if eq .Role "x" }} / {{ else }} / {{ end }}, `{{-`/`-}}` trimming) ---
+# {{ range .Messages }}, {{ if .Content }}, {{ if/else if eq .Role "x" }} / {{ else }} / {{ end }},
+# `{{-`/`-}}` trimming) ---
 _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 
 
@@ -159,6 +165,8 @@ def _parse(src: str):
 def _cond(expr: str | None, msg: dict) -> bool:
     if expr is None:
         return True
+    if expr == ".Content":  # Go: a non-empty string is true
+        return bool(msg and msg["content"])
     m = re.fullmatch(r'eq \.Role "([^"]*)"', expr)
     if not m:
         raise ValueError(f"unsupported condition: {expr!r}")
