@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder (holds method.json)")
     src.add_argument("--merged", help="an already merged model folder (config.json + safetensors); --format gguf only")
+    src.add_argument("--estimate", metavar="MODEL", help="print the size on disk of each GGUF type for a model "
+                     "the planner knows (e.g. glm-4-9b-chat-hf), computed from its shapes; writes nothing")
     parser.add_argument("--format", choices=["hf", "gguf"], default="hf",
                         help="hf: safetensors folder (transformers, vLLM); gguf: llama.cpp / Ollama files")
     parser.add_argument("--quant", help="gguf types, comma-separated: f32,f16,bf16,q8_0,q6_k,q5_k_m,q4_k_m "
@@ -42,6 +44,8 @@ def run(args) -> int:
     from glmtune.export.merge import ExportError
     from glmtune.export.pipeline import export_run
 
+    if args.estimate:
+        return _estimate(args.estimate)
     if args.format == "gguf":
         return _run_gguf(args)
     if args.merged:
@@ -83,4 +87,21 @@ def _run_gguf(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.out_dir)
+    return 0
+
+
+def _estimate(model: str) -> int:
+    import sys
+
+    from glmtune.export.gguf import BITS_PER_WEIGHT, size_estimates
+    from glmtune.export.merge import ExportError
+
+    try:
+        sizes = size_estimates(model)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{model}: size on disk per GGUF type (parameters x llama.cpp's measured bits per weight)")
+    for q, b in sizes.items():
+        print(f"  {q:7s} {BITS_PER_WEIGHT[q]:7.4f} bpw  {b / 1e9:6.2f} GB")
     return 0

@@ -33,6 +33,23 @@ QUANTS: dict[str, tuple[str, str]] = {
     "q5_k_m": ("quantize", "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
     "q4_k_m": ("quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
 }
+# Average bits per weight of each type over a whole model, as llama.cpp measured them on Llama-3.1-8B
+# (tools/quantize/README.md of the vendored llama.cpp; k-quant mixes keep some tensors at higher precision).
+BITS_PER_WEIGHT = {"f32": 32.0, "f16": 16.0005, "bf16": 16.0005, "q8_0": 8.5008, "q6_k": 6.5633,
+                   "q5_k_m": 5.7036, "q4_k_m": 4.8944}
+
+
+def size_estimates(model: str) -> dict[str, int]:
+    """Bytes on disk per GGUF type for a model the planner knows (`glmtune/plan/facts.py`), e.g. glm-4-9b-chat-hf."""
+    from glmtune.plan.facts import builtin_facts
+
+    facts = builtin_facts(model)
+    if facts is None:
+        raise ExportError(f"{model!r}: not in the planner's model table")
+    n = facts.param_count()
+    return {q: int(n * bpw / 8) for q, bpw in BITS_PER_WEIGHT.items()}
+
+
 # The converter's lossless outtype for the merged folder's dtype: quantization starts from it.
 _LOSSLESS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 

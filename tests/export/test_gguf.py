@@ -211,3 +211,15 @@ def test_failed_gguf_verification_leaves_nothing(lora_run, tmp_path, monkeypatch
     assert not out.exists() and not list(tmp_path.glob(".gguf*"))
     failed = json.loads((tmp_path / "gguf.verify-failed.json").read_text())
     assert not failed["passed"] and "max |Δlogit|" in failed["files"]["model-f16.gguf"]["failures"][0]
+
+
+def test_size_estimates_from_the_planner_facts():
+    from glmtune.export.gguf import size_estimates
+    from glmtune.plan.facts import builtin_facts
+
+    sizes = size_estimates("glm-4-9b-chat-hf")
+    n = builtin_facts("glm-4-9b-chat-hf").param_count()
+    assert sizes["f16"] == pytest.approx(2 * n, rel=1e-3) and sizes["q8_0"] == pytest.approx(n * 8.5008 / 8, rel=1e-6)
+    assert sizes["f32"] > sizes["f16"] > sizes["q8_0"] > sizes["q6_k"] > sizes["q5_k_m"] > sizes["q4_k_m"]
+    with pytest.raises(ExportError, match="planner"):
+        size_estimates("no-such-model")
