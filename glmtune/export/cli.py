@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["hf", "gguf"], default="hf",
                         help="hf: safetensors folder (transformers, vLLM); gguf: llama.cpp / Ollama files")
     parser.add_argument("--quant", help="gguf types, comma-separated: f32,f16,bf16,q8_0,q6_k,q5_k_m,q4_k_m "
-                        "(default f16)")
+                        "(default f16); hf: bnb4 or bnb8 (a bitsandbytes-quantised folder)")
     parser.add_argument("--system", help="gguf: default system prompt written into the Ollama Modelfile")
     parser.add_argument("--no-modelfile", action="store_true", help="gguf: do not write an Ollama Modelfile")
     parser.add_argument("--out", help="export folder (default: export.output_dir or RUN/export)")
@@ -48,8 +48,11 @@ def run(args) -> int:
         return _estimate(args.estimate)
     if args.format == "gguf":
         return _run_gguf(args)
+    if args.quant:
+        return _run_bnb(args)
     if args.merged:
-        print("error: --merged needs --format gguf (a merged folder already is the hf format)", file=sys.stderr)
+        print("error: --merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)",
+              file=sys.stderr)
         return 1
     run_cfg = Path(args.run) / "config.yaml"
     cfg = load_config(run_cfg if run_cfg.exists() else None, list(args.items)).export
@@ -64,6 +67,26 @@ def run(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.out_dir)
+    return 0
+
+
+def _run_bnb(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from glmtune.config.load import load_config
+    from glmtune.export.bnb import export_bnb
+    from glmtune.export.merge import ExportError
+
+    run_cfg = Path(args.run) / "config.yaml" if args.run else None
+    cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
+    try:
+        out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
+                         verify=not args.no_verify)
+    except (ExportError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(out)
     return 0
 
 

@@ -223,3 +223,22 @@ def test_size_estimates_from_the_planner_facts():
     assert sizes["f32"] > sizes["f16"] > sizes["q8_0"] > sizes["q6_k"] > sizes["q5_k_m"] > sizes["q4_k_m"]
     with pytest.raises(ExportError, match="planner"):
         size_estimates("no-such-model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["bnb4", "bnb8"])
+def test_bnb_export_loads_quantized_with_plain_transformers(lora_run, tmp_path, quant):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / quant
+    proc = subprocess.run([sys.executable, "-m", "glmtune", "export", "--run", str(lora_run), "--quant", quant,
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    v = json.loads((out / "verify.json").read_text())
+    assert v["passed"] and v["loaded_quantized"] and v["bytes"] < v["full_precision_bytes"]
+    assert 0 < v["max_abs_diff"] <= v["tolerance"]
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "bitsandbytes"
+    m = AutoModelForCausalLM.from_pretrained(str(out), device_map="cpu")
+    assert getattr(m, f"is_loaded_in_{quant[-1]}bit")
+    assert not (out / ".hf").exists() and torch.isfinite(m.lm_head.weight).all()
