@@ -87,10 +87,10 @@ def _run_dtype(hf_dir: Path) -> str:
     return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", "")
 
 
-def convert(hf_dir: Path, outfile: Path, outtype: str, stop_ids: list[int], log=print) -> dict:
+def convert(hf_dir: Path, outfile: Path, outtype: str, stop_ids: list[int], log=print, name: str | None = None) -> dict:
     """llama.cpp's converter in a subprocess (see gguf_convert.py); its log goes to OUTFILE.convert.log."""
     cmd = [sys.executable, "-m", "glmtune.export.gguf_convert", "--stop-ids", ",".join(map(str, stop_ids)),
-           str(hf_dir), "--outfile", str(outfile), "--outtype", outtype]
+           str(hf_dir), "--outfile", str(outfile), "--outtype", outtype] + (["--model-name", name] if name else [])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
@@ -185,13 +185,14 @@ def export_gguf(source: str | Path, quants: str | list[str] | None = None, out_d
             dst = staging / f"model-{q}.gguf"
             if how == "convert":
                 log(f"export: llama.cpp convert_hf_to_gguf -> {dst.name}")
-                steps[q] = convert(hf_dir, dst, arg, stop_ids, log)
+                steps[q] = convert(hf_dir, dst, arg, stop_ids, log, name=source.name)
             else:
                 if intermediate is None:
                     intermediate = files.get(lossless) or staging / f".model-{lossless}.gguf"
                     if not intermediate.exists():
                         log(f"export: llama.cpp convert_hf_to_gguf -> {lossless} (quantization source)")
-                        steps[f"{lossless}_source"] = convert(hf_dir, intermediate, lossless, stop_ids, log)
+                        steps[f"{lossless}_source"] = convert(hf_dir, intermediate, lossless, stop_ids, log,
+                                                              name=source.name)
                 log(f"export: llama.cpp quantize {intermediate.name.lstrip('.')} -> {dst.name}")
                 steps[q] = quantize(intermediate, dst, arg)
             files[q] = dst
