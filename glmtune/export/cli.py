@@ -19,7 +19,8 @@ HELP = ("Merge a run into a plain model folder (sharded safetensors), or write G
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder (holds method.json)")
-    src.add_argument("--merged", help="an already merged model folder (config.json + safetensors), for --format gguf or --quant bnb4|bnb8")
+    src.add_argument("--merged", help="an already merged model folder (config.json + safetensors), "
+                     "for --format gguf or --quant bnb4|bnb8")
     src.add_argument("--estimate", metavar="MODEL", help="print the size on disk of each GGUF type for a model "
                      "the planner knows (e.g. glm-4-9b-chat-hf), computed from its shapes; writes nothing")
     parser.add_argument("--format", choices=["hf", "gguf"], default="hf",
@@ -28,11 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default f16); hf: bnb4 or bnb8 (a bitsandbytes-quantised folder)")
     parser.add_argument("--system", help="gguf: default system prompt written into the Ollama Modelfile")
     parser.add_argument("--no-modelfile", action="store_true", help="gguf: do not write an Ollama Modelfile")
-    parser.add_argument("--out", help="export folder (default: export.output_dir or RUN/export; RUN/export-gguf, RUN/export-bnb4 ...)")
+    parser.add_argument("--out", help="export folder (default: export.output_dir or RUN/export; "
+                        "RUN/export-gguf, RUN/export-bnb4 ...)")
     parser.add_argument("--size", help="max shard size, e.g. 2GB (export.size)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="export.dtype")
     parser.add_argument("--device", help="device the merge runs on: cpu, cuda, cuda:1 (export.device)")
-    parser.add_argument("--no-verify", action="store_true", help="skip verification (merged vs adapter; GGUF and bnb vs the merged model)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip verification (merged vs adapter; GGUF and bnb vs the merged model)")
     parser.add_argument("items", nargs="*", metavar="key=value", help="config overrides, e.g. export.tolerance=1e-4")
 
 
