@@ -19,7 +19,7 @@ verification against the HF model (logits, tokens, stop ids loaded back by llama
    remote-code ones before the converter reads them.
 3. A BPE tokenizer whose pre-tokenizer is exactly GPT-2's (byte-level, GPT-2 regex, no normaliser),
    as glmtune's tiny models have, is not in llama.cpp's table of known tokenizer hashes (that table
-   only lists published models); it is written as llama.cpp's "gpt2" pre-tokenizer. Any other unknown
+   only lists published models); it is written as llama.cpp's "gpt-2" pre-tokenizer. Any other unknown
    tokenizer still stops with llama.cpp's own error.
 """
 
@@ -55,8 +55,8 @@ def _install_fixes(stop_ids: list[int]) -> None:
             return orig_pre(self, tokenizer)
         except NotImplementedError:
             if _is_plain_gpt2_bytelevel(self.dir_model):
-                base.logger.info("glmtune: unknown tokenizer hash, but its pre-tokenizer is GPT-2's: 'gpt2'")
-                return "gpt2"
+                base.logger.info("glmtune: unknown tokenizer hash, but its pre-tokenizer is GPT-2's: 'gpt-2'")
+                return "gpt-2"
             raise
 
     text_model.get_vocab_base_pre = get_vocab_base_pre
