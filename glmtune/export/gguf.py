@@ -219,6 +219,9 @@ def export_gguf(source: str | Path, quants: str | list[str] | None = None, out_d
             shutil.rmtree(hf_dir)
         if intermediate is not None and intermediate.name.startswith("."):
             intermediate.unlink(missing_ok=True)
+            log_of = intermediate.with_name(intermediate.name + ".convert.log")
+            if log_of.exists():  # the quantized files' conversion log, kept under a visible name
+                log_of.rename(staging / f"quant-source-{lossless}.convert.log")
         for q, path in files.items():
             report["files"][path.name] = {"quant": q, "bytes": path.stat().st_size, **steps[q]}
         report["seconds"] = round(time.perf_counter() - t0, 2)

@@ -74,8 +74,6 @@ def _install_fixes(stop_ids: list[int]) -> None:
 
     ChatGLMModel.set_gguf_parameters = set_gguf_parameters
 
-    orig_set_vocab = text_model.set_vocab if "set_vocab" in text_model.__dict__ else None
-
     def after_vocab(self):  # fix 1
         kv = self.gguf_writer.kv_data[0]
         keys = {"eos": gguf.Keys.Tokenizer.EOS_ID, "eot": gguf.Keys.Tokenizer.EOT_ID,
@@ -90,8 +88,8 @@ def _install_fixes(stop_ids: list[int]) -> None:
         if missing:  # verification checks llama.cpp still treats these as end-of-generation (by name)
             base.logger.info(f"glmtune: no free eos/eot/eom slot for stop ids {missing}")
 
-    # set_vocab is defined per architecture; wrap whichever class the converter picks (see main()).
-    return after_vocab, orig_set_vocab
+    # set_vocab is defined per architecture; main() wraps whichever class the converter picks.
+    return after_vocab
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path[:0] = [str(VENDOR), str(VENDOR / "gguf-py")]
     import convert_hf_to_gguf as cv  # noqa: E402  (llama.cpp's script, unmodified)
 
-    after_vocab, _ = _install_fixes(stop_ids)
+    after_vocab = _install_fixes(stop_ids)
     orig_get_class = cv.get_model_class
 
     def get_model_class(name, mmproj=False):
