@@ -242,3 +242,25 @@ def test_bnb_export_loads_quantized_with_plain_transformers(lora_run, tmp_path, 
     m = AutoModelForCausalLM.from_pretrained(str(out), device_map="cpu")
     assert getattr(m, f"is_loaded_in_{quant[-1]}bit")
     assert not (out / ".hf").exists() and torch.isfinite(m.lm_head.weight).all()
+
+
+@pytest.mark.slow
+def test_llama_cpp_check_catches_a_stop_id_the_gguf_lacks(tmp_path):
+    """Without glmtune's eom entry (the converter alone), llama.cpp would not stop at <|observation|>."""
+    pytest.importorskip("llama_cpp")
+    from glmtune.export.gguf_verify import verify_gguf
+    from glmtune.models.tiny import ensure_tiny
+
+    src = ensure_tiny("glm4")
+    tok = _tok("glm4")
+    stops = [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    plain = tmp_path / "plain.gguf"
+    convert(src, plain, "f32", stops[:2], log=lambda *_: None)  # what convert_hf_to_gguf writes by itself
+    assert "tokenizer.ggml.eom_token_id" not in _meta(plain)
+    v = verify_gguf(src, plain, "f32", stops)
+    assert not v["passed"] and v["stop_ids_end_generation"] == {stops[0]: True, stops[1]: True, stops[2]: False}
+    assert any("would not stop" in f for f in v["failures"])
+    fixed = tmp_path / "fixed.gguf"
+    convert(src, fixed, "f32", stops, log=lambda *_: None)
+    v = verify_gguf(src, fixed, "f32", stops)
+    assert v["passed"] and all(v["stop_ids_end_generation"].values()) and v["greedy_equal"]
