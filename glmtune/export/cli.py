@@ -4,22 +4,38 @@ Merges the run's adapter into its base, writes safetensors shards of at most `--
 folder, copies tokenizer + chat template + generation config, then verifies merged vs adapter logits.
 
     glmtune export --run runs/demo --size 2GB --dtype bfloat16
+    glmtune export --run runs/demo --format gguf --quant f16,q8_0,q4_k_m   # llama.cpp / Ollama (export/gguf.py)
+    glmtune export --merged runs/demo/export --format gguf --quant q8_0
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "Merge a run into a plain model folder (sharded safetensors), verified against the adapter."
+HELP = ("Merge a run into a plain model folder (sharded safetensors), or write GGUF files for llama.cpp / "
+        "Ollama (--format gguf); each verified against the model it came from.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run folder (holds method.json)")
-    parser.add_argument("--out", help="export folder (default: export.output_dir or RUN/export)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder (holds method.json)")
+    src.add_argument("--merged", help="an already merged model folder (config.json + safetensors), "
+                     "for --format gguf or --quant bnb4|bnb8")
+    src.add_argument("--estimate", metavar="MODEL", help="print the size on disk of each GGUF type for a model "
+                     "the planner knows (e.g. glm-4-9b-chat-hf), computed from its shapes; writes nothing")
+    parser.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                        help="hf: safetensors folder (transformers, vLLM); gguf: llama.cpp / Ollama files")
+    parser.add_argument("--quant", help="gguf types, comma-separated: f32,f16,bf16,q8_0,q6_k,q5_k_m,q4_k_m "
+                        "(default f16); hf: bnb4 or bnb8 (a bitsandbytes-quantised folder)")
+    parser.add_argument("--system", help="gguf: default system prompt written into the Ollama Modelfile")
+    parser.add_argument("--no-modelfile", action="store_true", help="gguf: do not write an Ollama Modelfile")
+    parser.add_argument("--out", help="export folder (default: export.output_dir or RUN/export; "
+                        "RUN/export-gguf, RUN/export-bnb4 ...)")
     parser.add_argument("--size", help="max shard size, e.g. 2GB (export.size)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="export.dtype")
     parser.add_argument("--device", help="device the merge runs on: cpu, cuda, cuda:1 (export.device)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the merged-vs-adapter logits check")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip verification (merged vs adapter; GGUF and bnb vs the merged model)")
     parser.add_argument("items", nargs="*", metavar="key=value", help="config overrides, e.g. export.tolerance=1e-4")
 
 
@@ -31,6 +47,16 @@ def run(args) -> int:
     from glmtune.export.merge import ExportError
     from glmtune.export.pipeline import export_run
 
+    if args.estimate:
+        return _estimate(args.estimate)
+    if args.format == "gguf":
+        return _run_gguf(args)
+    if args.quant:
+        return _run_bnb(args)
+    if args.merged:
+        print("error: --merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)",
+              file=sys.stderr)
+        return 1
     run_cfg = Path(args.run) / "config.yaml"
     cfg = load_config(run_cfg if run_cfg.exists() else None, list(args.items)).export
     for key in ("size", "dtype", "device"):
@@ -44,4 +70,64 @@ def run(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.out_dir)
+    return 0
+
+
+def _run_bnb(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from glmtune.config.load import load_config
+    from glmtune.export.bnb import export_bnb
+    from glmtune.export.merge import ExportError
+
+    run_cfg = Path(args.run) / "config.yaml" if args.run else None
+    cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
+    try:
+        out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
+                         verify=not args.no_verify)
+    except (ExportError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def _run_gguf(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from glmtune.config.load import load_config
+    from glmtune.export.gguf import export_gguf
+    from glmtune.export.merge import ExportError
+
+    run_cfg = Path(args.run) / "config.yaml" if args.run else None
+    cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
+    for key in ("size", "dtype", "device"):
+        if getattr(args, key):
+            setattr(cfg, key, getattr(args, key))
+    try:
+        result = export_gguf(args.run or args.merged, args.quant, out_dir=args.out, cfg=cfg,
+                             verify=not args.no_verify, modelfile=not args.no_modelfile, system=args.system)
+    except (ExportError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(result.out_dir)
+    return 0
+
+
+def _estimate(model: str) -> int:
+    import sys
+
+    from glmtune.export.gguf import BITS_PER_WEIGHT, size_estimates
+    from glmtune.export.merge import ExportError
+
+    try:
+        sizes = size_estimates(model)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{model}: size on disk per GGUF type (parameters x llama.cpp's measured bits per weight)")
+    for q, b in sizes.items():
+        print(f"  {q:7s} {BITS_PER_WEIGHT[q]:7.4f} bpw  {b / 1e9:6.2f} GB")
     return 0
