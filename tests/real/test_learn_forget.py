@@ -88,6 +88,8 @@ def test_aggressive_run_forgets_more_and_the_report_says_so(runs):
     table = (runs["root"] / "compare" / "compare.md").read_text()
     row = next(x for x in table.splitlines() if "general accuracy (forgetting set)" in x)
     assert f"{g['tuned_accuracy'] * 100:.2f}" in row and f"{a['tuned_accuracy'] * 100:.2f}" in row
+    row = next(x for x in table.splitlines() if "general accuracy change vs base" in x)
+    assert row.split("|")[2:4] == [f" {g['delta'] * 100:.2f} ", f" {a['delta'] * 100:.2f} "]
 
 
 def test_gguf_run_exports_and_the_export_serves_the_same_answers(runs, tmp_path):
