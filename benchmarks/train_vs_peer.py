@@ -50,11 +50,17 @@ GLMTUNE_WORK = [
 ]
 
 
+THREADS: str | None = None  # --threads: the same OMP/MKL thread count for both tools
+
+
 def clean_env(extra_path: str | None = None) -> dict:
-    """The same environment for both tools: OMP_NUM_THREADS/MKL_NUM_THREADS unset, offline, no tokenizer threads."""
+    """The same environment for both tools: OMP_NUM_THREADS/MKL_NUM_THREADS unset (or both --threads), offline,
+    no tokenizer threads."""
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV", "PYTHONPATH"):
         env.pop(k, None)
+    if THREADS:  # on a machine shared with other jobs, 2 spinning OpenMP threads can be slower than 1
+        env.update(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)
     env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", DISABLE_VERSION_CHECK="1")
     if extra_path:
@@ -258,7 +264,10 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that has glmtune installed")
     ap.add_argument("--peer-first", action="store_true", help="B A B A instead of A B A B")
     ap.add_argument("--glmtune-extra", nargs="*", default=[], help="extra glmtune key=value overrides")
+    ap.add_argument("--threads", default=None, help="OMP/MKL threads for both tools (default: unset)")
     a = ap.parse_args()
+    global THREADS
+    THREADS = a.threads
     if bool(a.lf_venv) != bool(a.lf_config):
         ap.error("--lf-venv and --lf-config go together")
     if a.lf_config:
