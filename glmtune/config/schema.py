@@ -9,6 +9,7 @@ serve/config.py, plan/config.py, train/distributed.py) and the method section by
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -26,7 +27,11 @@ from glmtune.train.distributed import DistributedSection
 class ModelSection(Section):
     path: str = Field(
         "tiny:glm4",
-        description="A checkpoint folder (e.g. ./glm-4-9b-chat-hf) or an embedded tiny model: tiny:glm4 | tiny:glm.",
+        description="A checkpoint folder (e.g. ./glm-4-9b-chat-hf), a GGUF file (dequantized once to a cached "
+        "fp32 folder) or an embedded tiny model: tiny:glm4 | tiny:glm.",
+    )
+    gguf_file: str | None = Field(
+        None, description="A GGUF file inside the model.path folder (same as model.path=FOLDER/FILE.gguf)."
     )
     trust_remote_code: bool = Field(False, description="Needed for ChatGLM-6B / ChatGLM3-6B remote-code checkpoints.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -36,6 +41,16 @@ class ModelSection(Section):
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the tokenizer's own (normally leave empty)."
     )
+
+    @model_validator(mode="after")
+    def _gguf_in_folder(self):
+        # Folded into path once, so every verb (and a reloaded run config) sees one GGUF path.
+        if self.gguf_file:
+            if Path(self.gguf_file).name != self.gguf_file or not self.gguf_file.lower().endswith(".gguf"):
+                raise ValueError(f"model.gguf_file {self.gguf_file!r}: give a .gguf file name inside model.path")
+            name, self.gguf_file = self.gguf_file, None  # (assignment re-runs this validator: clear it first)
+            self.path = str(Path(self.path) / name)
+        return self
 
 
 class ColumnMap(Section):

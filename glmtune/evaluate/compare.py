@@ -65,6 +65,8 @@ def comparison_rows(reports: list[dict]) -> tuple[list[tuple[str, str, list]], l
     if any("forgetting" in r for r in reports):
         rows.append(("general accuracy (forgetting set)", "x100",
                      [_pct(r.get("forgetting", {}).get("tuned_accuracy")) for r in reports]))
+        rows.append(("general accuracy change vs base (points)", "x100",
+                     [_pct(r.get("forgetting", {}).get("delta")) for r in reports]))
     rows.append(("samples", "", [r.get("n") for r in reports]))
     return rows, notes
 

@@ -1,6 +1,7 @@
 """Tokenizer + model from a folder (native GLM/GLM-4, remote-code ChatGLM, any causal LM).
 
-`tiny:NAME` resolves to an embedded tiny checkpoint folder first, then takes the same path as a real one.
+`tiny:NAME` resolves to an embedded tiny checkpoint folder first, and a `.gguf` file to its dequantized cached
+folder (models/gguf_base.py); then both take the same path as a real one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def resolve_path(path: str) -> Path:
 
         return ensure_tiny(path.split(":", 1)[1])
     p = Path(path).expanduser()
+    if p.suffix.lower() == ".gguf":  # a GGUF base: its dequantized, cached HF folder
+        from glmtune.models.gguf_base import hf_folder_for
+
+        return hf_folder_for(p)
     if not (p / "config.json").exists():
         raise FileNotFoundError(
             f"model.path {path!r}: no config.json there. Give a downloaded checkpoint folder "
