@@ -39,8 +39,9 @@ def capped(text: str) -> dict[str, str]:
 
 def uncapped_requirements(text: str) -> list[str]:
     """pyproject's dependencies + the dev extra, with every `<=cap` removed (lower bounds kept)."""
+    text = re.sub(r"#.*", "", text)  # comments may quote things (backend="pread")
     block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
-    dev = re.search(r"^dev = \[(.*?)\]", text, re.M).group(1)
+    dev = re.search(r"^dev = \[(.*?)\]", text, re.S | re.M).group(1)
     reqs = re.findall(r'"([^"]+)"', block) + re.findall(r'"([^"]+)"', dev)
     return [re.sub(r",<=[^,]+", "", r) for r in reqs if not r.startswith("torch")]
 
