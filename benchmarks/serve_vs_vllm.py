@@ -14,8 +14,8 @@ Workloads:
            long per-sample ISE record (`oral` task, raw mode); glmtune's prefix cache vs vLLM's automatic
            prefix caching (both on by default)
 
-    python benchmarks/serve_vs_vllm.py                                  # tiny:glm4, both workloads
-    python benchmarks/serve_vs_vllm.py --model runs/demo/export --requests 64 --rounds 2 --out bench/
+    glmtune demo && glmtune export --run runs/demo              # a tiny model that answers in the grading format
+    python benchmarks/serve_vs_vllm.py --model runs/demo/export --requests 48 --grading-requests 16
 
 Needs `make vllm`. The 1-minute load average is recorded before and after each measurement.
 """
@@ -143,7 +143,9 @@ async def level(server: Server, prompts: list, clients: int, n: int, max_tokens:
             "texts": {i: results[i]["text"] for i in sorted(results) if i < len(prompts)}}
 
 
-def workload_prompts(name: str, n: int) -> list[list[dict]]:
+def workload_prompts(name: str, n: int, seed: int = 0) -> list[list[dict]]:
+    """The grading prompts of each level are new samples (`seed`): a grading service sees every sample once,
+    and a repeated prompt would only measure vLLM's whole-prompt cache hits. The rubric is always shared."""
     if name == "tiny":
         from glmtune.serve.loadtest import load_prompts
 
@@ -152,7 +154,7 @@ def workload_prompts(name: str, n: int) -> list[list[dict]]:
     from glmtune.tasks.oral_reading.demo_data import demo_items
 
     return [[m for m in build_sample(item, "raw", "rubric")["messages"] if m["role"] != "assistant"]
-            for item in demo_items(n, seed=7)]
+            for item in demo_items(n, seed=1000 + seed)]
 
 
 def main() -> None:
@@ -160,7 +162,8 @@ def main() -> None:
     ap.add_argument("--model", default="tiny:glm4")
     ap.add_argument("--workloads", default="tiny,grading")
     ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--requests", type=int, default=48, help="requests per level and engine")
+    ap.add_argument("--requests", type=int, default=48, help="requests per level and engine (tiny workload)")
+    ap.add_argument("--grading-requests", type=int, default=16, help="the same for the grading workload")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per level (order swapped each)")
     ap.add_argument("--out", default="benchmarks/results")
@@ -183,20 +186,23 @@ def main() -> None:
                   "omp_threads": env["OMP_NUM_THREADS"], "startup_s": {s.label: s.startup_s for s in servers},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
         for wl in args.workloads.split(","):
-            prompts = workload_prompts(wl, args.requests)
+            n = args.grading_requests if wl == "grading" else args.requests
+            warm = workload_prompts(wl, 4, seed=999)
             for s in servers:  # warm-up: start-up costs, and both prefix caches see the shared system prompt once
-                asyncio.run(level(s, prompts, 2, 4, args.max_tokens))
+                asyncio.run(level(s, warm, 2, 4, args.max_tokens))
             rows = []
-            for c in levels:
+            for li, c in enumerate(levels):
                 for rnd in range(args.rounds):
+                    prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
                     for s in (servers if rnd % 2 == 0 else servers[::-1]):
                         load0 = round(os.getloadavg()[0], 2)
-                        r = asyncio.run(level(s, prompts, c, args.requests, args.max_tokens))
+                        r = asyncio.run(level(s, prompts, c, n, args.max_tokens))
                         r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2))
                         rows.append(r)
                         print(f"{wl:<8} {s.label:<8} c{c:<3} {r['req_per_s']:>7.2f} req/s {r['output_tokens_per_s']:>8.1f} "
-                              f"tok/s p50 {r['latency_p50_s']:.3f} p95 {r['latency_p95_s']:.3f} "
-                              f"TTFT p50 {r['ttft_p50_s']:.3f} errors {r['errors']} load {load0}", flush=True)
+                              f"tok/s p50 {r['latency_p50_s'] or 0:.3f} p95 {r['latency_p95_s'] or 0:.3f} "
+                              f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} errors {r['errors']} {r['error_samples'][:1]} "
+                              f"load {load0}", flush=True)
             same = differ = 0
             for c in levels:
                 g = next(r for r in rows if r["engine"] == "glmtune" and r["clients"] == c)["texts"]
