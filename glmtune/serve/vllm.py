@@ -276,7 +276,8 @@ def build_view(plan: Plan, root: Path | None = None) -> tuple[Path, dict[str, Pa
 
 
 # ---- the command ------------------------------------------------------------------------------------
-def vllm_command(python: Path, build: str, view: Path, plan: Plan, loras: dict[str, Path], facts: dict, cfg) -> list[str]:
+def vllm_command(python: Path, build: str, view: Path, plan: Plan, loras: dict[str, Path], facts: dict,
+                 cfg) -> list[str]:
     max_len = cfg.max_prompt_tokens + cfg.max_new_tokens
     if facts.get("max_positions"):
         max_len = min(max_len, int(facts["max_positions"]))

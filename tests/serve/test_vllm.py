@@ -111,7 +111,8 @@ def test_view_and_command_carry_template_stop_ids_dtype_and_limits(vllm_python, 
     tok = load_tokenizer(tiny_glm4)
     assert Path(cmd[cmd.index("--chat-template") + 1]).read_text() == tok.chat_template
     gen = json.loads((view / "generation_config.json").read_text())
-    assert gen["eos_token_id"] == [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    stops = ("<|endoftext|>", "<|user|>", "<|observation|>")
+    assert gen["eos_token_id"] == [tok.convert_tokens_to_ids(t) for t in stops]
     assert (view / "model.safetensors").resolve() == (tiny_glm4 / "model.safetensors").resolve()
     arg = lambda flag: cmd[cmd.index(flag) + 1]  # noqa: E731
     assert arg("--host") == "127.0.0.1" and arg("--dtype") == "float32" and arg("--api-key") == "k"
