@@ -2,7 +2,7 @@
 at a time behind a semaphore, `hf_engine.py:70`).
 
 One scheduler thread owns the model. It keeps a running batch whose KV cache is left-padded to a
-common length. Between decode steps it admits waiting requests: each new prompt is prefilled alone
+common length. Between decode steps it admits waiting requests (up to PREFILL_TOKENS_PER_STEP prompt tokens): each new prompt is prefilled alone
 (no padding, so its prefill is exactly the sequential computation), then its cache is left-padded
 and concatenated onto the running batch. The batch's cache lives in preallocated buffers with room
 for the rows' remaining tokens, so a decode step writes one column in place instead of copying the
@@ -36,6 +36,10 @@ from glmtune.serve.kv import buffer_layer_class, new_cache, split_attention
 from glmtune.serve.prefix_cache import PrefixCache
 
 BASE = "__base__"  # adapter name meaning "adapters disabled"
+# Prompt tokens prefilled between two decode steps (vLLM's max_num_batched_tokens, whose CPU default is
+# 2048 too): long prompts join one group at a time, so the first ones answer (TTFT) and the running rows
+# keep decoding instead of all waiting for every admitted prompt's prefill. At least one request per step.
+PREFILL_TOKENS_PER_STEP = 2048
 
 
 class QueueFull(RuntimeError):
@@ -92,6 +96,7 @@ class BatchingEngine:
         self.engine, self.model, self.tok = engine, engine.model, engine.tokenizer
         self.stop_ids = set(engine.stop_ids)
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.prefill_tokens_per_step = PREFILL_TOKENS_PER_STEP
         self._torch = torch
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenRequest] = collections.deque()
@@ -197,7 +202,7 @@ class BatchingEngine:
 
     def _admit(self) -> list[GenRequest]:
         now = time.monotonic()
-        out = []
+        out, tokens = [], 0
         while self._waiting and len(self._rows) + len(out) < self.max_batch_size:
             req = self._waiting[0]
             if req.cancelled or (req.deadline and now > req.deadline):
@@ -206,7 +211,10 @@ class BatchingEngine:
                 continue
             if (self._rows or out) and req.adapter != self._adapter:
                 break  # FIFO: it waits for this adapter's batch to drain, and nothing overtakes it
+            if out and tokens + len(req.prompt_ids) > self.prefill_tokens_per_step:
+                break  # joins after the next decode step
             self._adapter = req.adapter
+            tokens += len(req.prompt_ids)
             out.append(self._waiting.popleft())
         return out
 

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="extra LoRA adapter (run or adapter folder) selectable by `model`; repeatable")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf",
-                        help="hf: built-in batching engine; vllm: launch vLLM's server on an export (GPU)")
+                        help="hf: built-in batching engine; vllm: vLLM's own server from .venv-vllm (`make vllm`), "
+                             "on the run's export or its base + LoRA")
     parser.add_argument("--host", help="bind address (serve.host; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (serve.port)")
     parser.add_argument("items", nargs="*", metavar="key=value", help="overrides such as serve.max_queue=32")

@@ -21,3 +21,8 @@ class ServeSection(Section):
     request_timeout_s: float = Field(120.0, gt=0, description="Requests running longer are cut (finish_reason=timeout).")
     adapters: dict[str, str] = Field(default_factory=dict, description="Named LoRA adapters: {name: run or adapter folder}.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none by default).")
+    vllm_python: str | None = Field(None, description="--backend vllm: python of vLLM's environment "
+                                    "(default: .venv-vllm next to the project, made by `make vllm`; "
+                                    "$GLMTUNE_VLLM_PYTHON wins).")
+    vllm_args: list[str] = Field(default_factory=list, description="--backend vllm: extra arguments for vLLM's "
+                                 "server, e.g. ['--kv-cache-memory-bytes', '2G'].")

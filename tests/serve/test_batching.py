@@ -84,3 +84,35 @@ def test_limits_stop_timeout_cancel(served):
         assert done.wait(10) and req.finish_reason == "cancelled"
     finally:
         be.close()
+
+
+def test_long_prompts_join_between_decode_steps(served):
+    """Past the prefill budget, waiting prompts are prefilled one group per step: the first request is
+    already decoding when the last is prefilled (instead of every first token waiting for all prefills),
+    and the answers stay those of sequential decoding."""
+    engine = served.engine
+    ids = [engine.prompt_ids(m) for m in PROMPTS[4:7]]
+    be = BatchingEngine(engine, max_batch_size=8)
+    be.prefill_tokens_per_step = max(len(i) for i in ids)  # room for one of these prompts per step
+    try:
+        seq = [be.generate(i, max_new_tokens=10, adapter=BASE).tokens for i in ids]
+        seen = []  # per prefill call: (requests prefilled, tokens the first request had by then)
+        reqs = []
+        prefill = be._prefill
+
+        def spy(admitted):
+            seen.append((len(admitted), len(reqs[0].tokens)))
+            prefill(admitted)
+
+        be._prefill = spy
+        done = threading.Semaphore(0)
+        with be._cv:  # all three are waiting when the scheduler next looks
+            for i in ids:
+                reqs.append(be.submit(GenRequest(prompt_ids=i, max_new_tokens=10, adapter=BASE,
+                                                 sink=lambda ev: ev[0] in ("done", "error") and done.release())))
+        for _ in reqs:
+            assert done.acquire(timeout=60)
+        assert [n for n, _ in seen] == [1, 1, 1] and seen[-1][1] >= 2, seen
+        assert [r.tokens for r in reqs] == seq
+    finally:
+        be.close()

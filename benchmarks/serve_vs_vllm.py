@@ -1,0 +1,244 @@
+"""glmtune's serving engine vs vLLM on the same model folder, same prompts, same client, alternating.
+
+Both servers are started the way a user starts them (`glmtune serve --model M` and
+`glmtune serve --backend vllm --model M`, both on 127.0.0.1, batch 16) and stay up; for every
+concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round.
+Each client streams its answers (SSE, `stream_options.include_usage`), so the script records req/s, output
+tokens/s, latency p50/p95 and time to first token (TTFT) p50/p95; greedy (temperature 0) with a fixed
+max_tokens. The answers of the two engines are compared (vLLM keeps the newline GLM emits after
+<|assistant|>, glmtune's engine drops it: compared without it).
+
+Workloads:
+  tiny     the built-in short chat prompts (`glmtune bench`'s defaults)
+  grading  the oral-reading grading prompts: the long rubric system prompt shared by every request plus a
+           long per-sample ISE record (`oral` task, raw mode); glmtune's prefix cache vs vLLM's automatic
+           prefix caching (both on by default)
+
+    glmtune demo && glmtune export --run runs/demo              # a tiny model that answers in the grading format
+    python benchmarks/serve_vs_vllm.py --model runs/demo/export --requests 48 --grading-requests 16
+
+Needs `make vllm`. The 1-minute load average is recorded before and after each measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    from glmtune.serve.loadtest import percentile
+
+    return percentile(values, q)
+
+
+class Server:
+    def __init__(self, label: str, args: list[str], log: Path, env: dict, startup_s: float = 600):
+        import httpx
+
+        self.label, self.port = label, free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *args, "--port", str(self.port)],
+                                     env={**os.environ, **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        t0 = time.time()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{label} exited {self.proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() - t0 > startup_s:
+                self.stop()
+                raise RuntimeError(f"{label} not up after {startup_s} s; see {log}")
+            time.sleep(1)
+        self.startup_s = round(time.time() - t0, 1)
+        self.model = httpx.get(f"{self.url}/models", trust_env=False).json()["data"][0]["id"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def one(client, url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, text, usage = None, [], None
+    async with client.stream("POST", f"{url}/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    text.append(piece)
+    if usage is None:
+        raise RuntimeError("no usage in the stream")
+    return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": usage["completion_tokens"],
+            "text": "".join(text)}
+
+
+async def level(server: Server, prompts: list, clients: int, n: int, max_tokens: int) -> dict:
+    import httpx
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+    results: dict[int, dict] = {}
+    errors: list[str] = []
+
+    async def worker(client):
+        while not queue.empty():
+            i = queue.get_nowait()
+            try:
+                results[i] = await one(client, server.url, server.model, prompts[i % len(prompts)], max_tokens)
+            except Exception as err:  # counted and reported, never dropped
+                errors.append(f"{type(err).__name__}: {err}")
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = [r["latency"] for r in results.values()]
+    ttft = [r["ttft"] for r in results.values() if r["ttft"] is not None]
+    tokens = sum(r["tokens"] for r in results.values())
+    return {"clients": clients, "requests": n, "ok": len(results), "errors": len(errors), "error_samples": errors[:3],
+            "wall_s": round(wall, 3), "req_per_s": round(len(results) / wall, 2),
+            "output_tokens_per_s": round(tokens / wall, 1), "output_tokens": tokens,
+            "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95),
+            "ttft_p50_s": pct(ttft, 50), "ttft_p95_s": pct(ttft, 95),
+            "texts": {i: results[i]["text"] for i in sorted(results) if i < len(prompts)}}
+
+
+def workload_prompts(name: str, n: int, seed: int = 0) -> list[list[dict]]:
+    """The grading prompts of each level are new samples (`seed`): a grading service sees every sample once,
+    and a repeated prompt would only measure vLLM's whole-prompt cache hits. The rubric is always shared."""
+    if name == "tiny":
+        from glmtune.serve.loadtest import load_prompts
+
+        return load_prompts(None)
+    from glmtune.tasks.oral_reading.build import build_sample
+    from glmtune.tasks.oral_reading.demo_data import demo_items
+
+    return [[m for m in build_sample(item, "raw", "rubric")["messages"] if m["role"] != "assistant"]
+            for item in demo_items(n, seed=1000 + seed)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny:glm4")
+    ap.add_argument("--workloads", default="tiny,grading")
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--requests", type=int, default=48, help="requests per level and engine (tiny workload)")
+    ap.add_argument("--grading-requests", type=int, default=16, help="the same for the grading workload")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per level (order swapped each)")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    common = ["serve.max_batch_size=16", "serve.max_queue=256", "serve.max_prompt_tokens=7000",
+              f"serve.max_new_tokens={max(args.max_tokens, 64)}"]
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false",
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    servers = []
+    try:
+        servers.append(Server("glmtune", ["--model", args.model, *common], out / "serve_vs_vllm.glmtune.log", env))
+        servers.append(Server("vllm", ["--backend", "vllm", "--model", args.model, *common],
+                              out / "serve_vs_vllm.vllm.log", env))
+        print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s", flush=True)
+        record = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds,
+                  "omp_threads": env["OMP_NUM_THREADS"], "startup_s": {s.label: s.startup_s for s in servers},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
+        for wl in args.workloads.split(","):
+            n = args.grading_requests if wl == "grading" else args.requests
+            warm = workload_prompts(wl, 4, seed=999)
+            for s in servers:  # warm-up: start-up costs, and both prefix caches see the shared system prompt once
+                asyncio.run(level(s, warm, 2, 4, args.max_tokens))
+            rows = []
+            for li, c in enumerate(levels):
+                for rnd in range(args.rounds):
+                    prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
+                    for s in (servers if rnd % 2 == 0 else servers[::-1]):
+                        load0 = round(os.getloadavg()[0], 2)
+                        r = asyncio.run(level(s, prompts, c, n, args.max_tokens))
+                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2))
+                        rows.append(r)
+                        print(f"{wl:<8} {s.label:<8} c{c:<3} {r['req_per_s']:>7.2f} req/s {r['output_tokens_per_s']:>8.1f} "
+                              f"tok/s p50 {r['latency_p50_s'] or 0:.3f} p95 {r['latency_p95_s'] or 0:.3f} "
+                              f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} errors {r['errors']} {r['error_samples'][:1]} "
+                              f"load {load0}", flush=True)
+            same = differ = 0
+            for c in levels:
+                g = next(r for r in rows if r["engine"] == "glmtune" and r["clients"] == c)["texts"]
+                v = next(r for r in rows if r["engine"] == "vllm" and r["clients"] == c)["texts"]
+                for i in g.keys() & v.keys():
+                    same, differ = (same + 1, differ) if v[i].lstrip("\n") == g[i] else (same, differ + 1)
+            record["workloads"][wl] = {"prompts": len(prompts), "rows": rows, "answers_equal": same,
+                                       "answers_differ": differ}
+    finally:
+        for s in servers:
+            s.stop()
+    print()
+    print(table(record))
+    (out / "serve_vs_vllm.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out / 'serve_vs_vllm.json'}")
+
+
+def table(record: dict) -> str:
+    lines = ["| workload | clients | glmtune req/s | vLLM req/s | ratio | glmtune tok/s | vLLM tok/s | "
+             "glmtune p50 / p95 s | vLLM p50 / p95 s | glmtune TTFT p50 s | vLLM TTFT p50 s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for wl, w in record["workloads"].items():
+        for c in sorted({r["clients"] for r in w["rows"]}):
+            def avg(engine, key):
+                vals = [r[key] for r in w["rows"] if r["engine"] == engine and r["clients"] == c and r[key] is not None]
+                return sum(vals) / len(vals) if vals else float("nan")
+
+            g, v = avg("glmtune", "req_per_s"), avg("vllm", "req_per_s")
+            lines.append(f"| {wl} | {c} | {g:.2f} | {v:.2f} | **{g / v:.2f}×** | {avg('glmtune', 'output_tokens_per_s'):.0f} | "
+                         f"{avg('vllm', 'output_tokens_per_s'):.0f} | {avg('glmtune', 'latency_p50_s'):.3f} / "
+                         f"{avg('glmtune', 'latency_p95_s'):.3f} | {avg('vllm', 'latency_p50_s'):.3f} / "
+                         f"{avg('vllm', 'latency_p95_s'):.3f} | {avg('glmtune', 'ttft_p50_s'):.3f} | "
+                         f"{avg('vllm', 'ttft_p50_s'):.3f} |")
+        lines.append(f"| {wl} | answers equal | {w['answers_equal']} of {w['answers_equal'] + w['answers_differ']} | | | | | | | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

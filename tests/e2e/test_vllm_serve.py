@@ -1,0 +1,190 @@
+"""`glmtune serve --backend vllm` end to end on CPU: train a tiny LoRA run, export it, serve it with vLLM
+(the run's export, and base + the run's LoRA through vLLM's --enable-lora), ask through the `openai`
+client, and check the greedy answers equal glmtune's own engine (`glmtune serve`, HF backend) and plain
+transformers on the same prompts.
+
+vLLM runs from `.venv-vllm` (`make vllm`; `make test` builds it first). Each vLLM start takes a minute or
+two on 2 cores, hence `slow`.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from glmtune.serve.vllm import project_root
+
+VLLM_PYTHON = Path(os.environ.get("GLMTUNE_VLLM_PYTHON") or project_root() / ".venv-vllm" / "bin" / "python")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not VLLM_PYTHON.exists(),
+                       reason=f"NO vLLM ENVIRONMENT ({VLLM_PYTHON} missing): run `make vllm` (`make test` does)"),
+]
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KVCACHE_SPACE": "1"}
+SYSTEM = "你是老师"
+QUESTIONS = ["语速3", "语速9", "你好", "今天天气怎么样？"]
+MAX_TOKENS = 24
+
+
+def glmtune(*args):
+    p = subprocess.run([sys.executable, "-m", "glmtune", *map(str, args)], capture_output=True, text=True,
+                       env=ENV, timeout=600)
+    assert p.returncode == 0, f"glmtune {args} exited {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`glmtune serve ...` in its own process group (vLLM adds worker processes), stopped by that group."""
+
+    def __init__(self, log: Path, *args, startup_s: float = 420):
+        import httpx
+
+        self.port, self.log = free_port(), log
+        self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *map(str, args), "--port",
+                                      str(self.port)], env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + startup_s
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise AssertionError(f"server not up after {startup_s} s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def ask(self, model: str) -> list[tuple[str, str, int]]:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=self.url, api_key="unused", timeout=120, max_retries=0)
+        out = []
+        for q in QUESTIONS:
+            r = client.chat.completions.create(model=model, max_tokens=MAX_TOKENS, temperature=0, messages=[
+                {"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+            out.append((r.choices[0].message.content, r.choices[0].finish_reason, r.usage.completion_tokens))
+        return out
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm")
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": f"语速{i % 5 + 1}"},
+        {"role": "assistant", "content": f"语速:{i % 5 + 1};评语:好"}]}, ensure_ascii=False) + "\n"
+        for i in range(16)), encoding="utf-8")
+    out = root / "demo"
+    # enough steps that answers end with a stop token (so stop handling is compared, not only max_tokens)
+    glmtune("train", f"data.train={data}", f"train.output_dir={out}", "train.max_steps=40", "train.lr=0.01",
+            "data.val_size=0", "train.save_steps=1000", "method.rank=8")
+    glmtune("export", "--run", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def glmtune_answers(run, tmp_path_factory):
+    """glmtune's own engine (HF backend): the base and the run's adapter on it."""
+    server = Server(tmp_path_factory.mktemp("logs") / "hf.log", "--model", "tiny:glm4", "--adapter", f"demo={run}")
+    try:
+        return {"base": server.ask("tiny:glm4"), "lora": server.ask("demo")}
+    finally:
+        server.stop()
+
+
+def transformers_answers(model_dir) -> list[tuple[str, str, int]]:
+    """Plain transformers greedy generate on a model folder (its generation_config's eos ids stop it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glmtune.models.load import resolve_path
+
+    folder = resolve_path(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    stops = set(model.generation_config.eos_token_id)
+    out = []
+    for q in QUESTIONS:
+        ids = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.inference_mode():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=MAX_TOKENS)[0, ids.shape[1]:].tolist()
+        stop = next((i for i, t in enumerate(gen) if t in stops), None)
+        body = gen if stop is None else gen[:stop]
+        out.append((tok.decode(body, skip_special_tokens=True), "length" if stop is None else "stop",
+                    len(body) + (stop is not None)))
+    return out
+
+
+def same_text(got: list, want: list, newline: bool = False) -> None:
+    """Same answers: finish reason and token count equal, text equal except
+    - newline=True: vLLM returns the newline GLM emits right after <|assistant|>, glmtune's engine drops it
+      (as GLM's own demos do);
+    - an answer cut by max_tokens inside a multi-byte character: one side may hold back the undecodable
+      tail (U+FFFD and what it garbles) that the other prints (only the untrained base produces such bytes)."""
+    for (g_text, g_reason, g_n), (w_text, w_reason, w_n) in zip(got, want, strict=True):
+        assert (g_reason, g_n) == (w_reason, w_n), (got, want)
+        if newline:
+            g_text = g_text.lstrip("\n")
+        short, long = sorted((g_text, w_text), key=len)
+        assert long == short or (g_reason == "length" and long.startswith(short)
+                                 and "\ufffd" in long[len(short):]), (got, want)
+
+
+def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answers, tmp_path):
+    server = Server(tmp_path / "vllm_export.log", "--backend", "vllm", "--run", run)
+    try:
+        got = server.ask(run.name)
+        log = server.log.read_text()
+    finally:
+        server.stop()
+    assert "verified export" in log and "--chat-template" in log and "--dtype float32" in log
+    assert any(reason == "stop" for _, reason, _ in got), got  # the trained answers end on a stop token
+    assert got == transformers_answers(run / "export")  # character for character, newline included
+    same_text(got, glmtune_answers["lora"], newline=True)
+
+
+def test_vllm_serves_base_plus_lora_like_glmtune_and_transformers(run, glmtune_answers, tmp_path):
+    server = Server(tmp_path / "vllm_lora.log", "--backend", "vllm", "--model", "tiny:glm4", "--adapter",
+                    f"demo={run}")
+    try:
+        base, lora = server.ask("tiny:glm4"), server.ask("demo")
+    finally:
+        server.stop()
+    assert "--enable-lora" in server.log.read_text()
+    assert base != lora  # the adapter really changes the answers
+    same_text(base, transformers_answers("tiny:glm4"))
+    assert lora == transformers_answers(run / "export")  # base + LoRA in vLLM == the merged model, exactly
+    same_text(base, glmtune_answers["base"], newline=True)
+    same_text(lora, glmtune_answers["lora"], newline=True)
