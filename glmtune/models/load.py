@@ -80,6 +80,17 @@ def model_type_of(path: Path) -> str | None:
     return json.loads((path / "config.json").read_text()).get("model_type")
 
 
+def route_family(path: Path) -> Family:
+    """The family the loader will actually build for `path` (a convertible ChatGLM folder loads as native Glm)."""
+    mt = model_type_of(path)
+    if mt == "chatglm":
+        from glmtune.models.convert import why_not_convertible
+
+        if why_not_convertible(path) is None:
+            return family_of("glm")
+    return family_of(mt)
+
+
 def native_route(path: Path) -> Path:
     """A ChatGLM2/3 or glm-4-9b-chat remote-code folder (whose code fails on transformers 5) becomes its cached
     native Glm conversion; anything else (ChatGLM-6B) keeps the remote-code route. Prints the route taken."""
