@@ -179,6 +179,9 @@ def convert(src: Path, dst: Path, max_shard: str | int = "2GB", dtype: str | Non
     reason = why_not_convertible(src)
     if reason:
         raise ConvertError(reason)
+    if not (src / "tokenizer_config.json").exists():
+        raise ConvertError(f"{src}: no tokenizer_config.json (and its tokenizer.model); copy the tokenizer files "
+                           f"of the checkpoint into the folder")
     cfg = _config(src)
     gcfg = glm_config(cfg)
     target = getattr(torch, dtype) if dtype else None

@@ -143,3 +143,15 @@ def test_loader_converts_on_the_fly(tmp_path, monkeypatch, capsys):
     assert (logits - ref_logits).abs().max().item() < 1e-5
     load(M())  # second time: from the cache, said so
     assert "from the converted copy" in capsys.readouterr().err
+
+
+def test_missing_tokenizer_is_an_error(tmp_path):
+    from glmtune.models.convert import ConvertError, convert
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy2(EQUIV / "chatglm3-6b" / f, src / f)
+    with pytest.raises(ConvertError, match="tokenizer_config.json"):
+        convert(src, tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
