@@ -155,3 +155,19 @@ def test_missing_tokenizer_is_an_error(tmp_path):
     with pytest.raises(ConvertError, match="tokenizer_config.json"):
         convert(src, tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
+
+
+def test_streamed_into_small_shards(tmp_path):
+    """Tensors are written shard by shard: never more than one output shard held in memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from glmtune.models.convert import convert
+
+    src = src_folder("chatglm3-6b", tmp_path / "src")
+    res = convert(src, tmp_path / "dst", max_shard="120KB")
+    shards = sorted((tmp_path / "dst").glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3
+    assert 0 < res.max_buffered_bytes <= 120_000
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "dst", dtype=torch.float32)
+    assert type(model).__name__ == "GlmForCausalLM"
