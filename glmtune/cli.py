@@ -19,6 +19,7 @@ VERBS: dict[str, str] = {
     "predict": "glmtune.serve.predict_cli",
     "eval": "glmtune.evaluate.cli",
     "export": "glmtune.export.cli",
+    "convert": "glmtune.models.convert_cli",
     "chat": "glmtune.serve.chat_cli",
     "webchat": "glmtune.serve.webui",
     "web": "glmtune.web.app",

@@ -27,9 +27,47 @@ class LoraConfig(Section):
     modules_to_save: list[str] = Field(default_factory=list, description="Extra modules trained in full, e.g. lm_head.")
 
 
-def target_modules(targets, family) -> str | list[str]:
+# Output heads by name, for models whose code does not declare them through `get_output_embeddings()`
+# (ChatGLM's remote code calls its head `transformer.output_layer` and declares nothing).
+HEAD_NAMES = ("lm_head", "output_layer", "embed_out")
+
+
+def all_linear_targets(model) -> list[str]:
+    """`targets: all`: every linear layer but the output head (embeddings are never linear layers here).
+
+    PEFT's own "all-linear" drops only what `model.get_output_embeddings()` returns, so on a model that does not
+    declare its head (remote-code ChatGLM) it adapts the head too; we list the names ourselves instead. Leaf
+    names (`q_proj`, `dense`, ...) when they never name a head too, else full module paths."""
+    import torch.nn as nn
+
+    skip = set()
+    for getter in ("get_output_embeddings", "get_input_embeddings"):
+        try:
+            mod = getattr(model, getter)()
+        except (AttributeError, NotImplementedError):
+            mod = None
+        if mod is not None:
+            skip.add(id(mod))
+    leaves: set[str] = set()
+    full: list[str] = []
+    heads: set[str] = set()
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):  # bitsandbytes' Linear4bit/Linear8bitLt subclass nn.Linear
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if id(mod) in skip or leaf in HEAD_NAMES:
+            heads.add(leaf)
+            continue
+        leaves.add(leaf)
+        full.append(name)
+    if not leaves:
+        raise ValueError(f"{type(model).__name__}: no linear layer but the head for `targets: all`")
+    return sorted(full) if leaves & heads else sorted(leaves)
+
+
+def target_modules(targets, family, model=None) -> str | list[str]:
     if targets == "all":
-        return "all-linear"
+        return "all-linear" if model is None else all_linear_targets(model)
     if targets == "attention":
         return list(family.attention_targets)
     if targets == "mlp":
@@ -37,7 +75,7 @@ def target_modules(targets, family) -> str | list[str]:
     return list(targets)
 
 
-def peft_lora_config(cfg, family):
+def peft_lora_config(cfg, family, model=None):
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -45,7 +83,7 @@ def peft_lora_config(cfg, family):
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=target_modules(cfg.targets, family),
+        target_modules=target_modules(cfg.targets, family, model),
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         modules_to_save=cfg.modules_to_save or None,
@@ -56,7 +94,7 @@ def wrap_with_lora(model, cfg, family, precision: str = "fp32"):
     from peft import get_peft_model
 
     # PEFT upcasts bf16/fp16 adapters to fp32 by default (mixed precision); pure_bf16 means bf16 adapters too.
-    return get_peft_model(model, peft_lora_config(cfg, family), autocast_adapter_dtype=precision != "pure_bf16")
+    return get_peft_model(model, peft_lora_config(cfg, family, model), autocast_adapter_dtype=precision != "pure_bf16")
 
 
 def loraplus_groups(model, cfg, train_cfg) -> list[dict] | None:

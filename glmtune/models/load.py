@@ -85,6 +85,29 @@ def model_type_of(path: Path) -> str | None:
     return json.loads((path / "config.json").read_text()).get("model_type")
 
 
+def route_family(path: Path) -> Family:
+    """The family the loader will actually build for `path` (a convertible ChatGLM folder loads as native Glm)."""
+    mt = model_type_of(path)
+    if mt == "chatglm":
+        from glmtune.models.convert import why_not_convertible
+
+        if why_not_convertible(path) is None:
+            return family_of("glm")
+    return family_of(mt)
+
+
+def native_route(path: Path) -> Path:
+    """A ChatGLM2/3 or glm-4-9b-chat remote-code folder (whose code fails on transformers 5) becomes its cached
+    native Glm conversion; anything else (ChatGLM-6B) keeps the remote-code route. Prints the route taken."""
+    from glmtune.models.convert import ensure_converted, why_not_convertible
+
+    reason = why_not_convertible(path)
+    if reason is None:
+        return ensure_converted(path)
+    print(f"glmtune: {path.name}: remote-code route ({reason})", file=sys.stderr)
+    return path
+
+
 def load(model_cfg, precision: str = "fp32", quantization_config=None, device_map=None,
          config_overrides: dict | None = None) -> Loaded:
     """Load tokenizer and model described by a `ModelSection`; `config_overrides` set model-config values
@@ -92,6 +115,8 @@ def load(model_cfg, precision: str = "fp32", quantization_config=None, device_ma
     from transformers import AutoModelForCausalLM
 
     path = resolve_path(model_cfg.path)
+    if model_type_of(path) == "chatglm":
+        path = native_route(path)
     family = family_of(model_type_of(path))
     if family.remote_code and not model_cfg.trust_remote_code:
         raise ValueError(f"{path} is a remote-code {family.name} checkpoint: set model.trust_remote_code=true")

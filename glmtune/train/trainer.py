@@ -123,11 +123,10 @@ def rotate_complete_checkpoints(ckpt_root: Path, limit: int | None, newest: Path
 def load_for_training(cfg):
     """Tokenizer + base model loaded the way the method needs (dtype, quantisation)."""
     from glmtune.methods import get
-    from glmtune.models.families import family_of
-    from glmtune.models.load import load, model_type_of, resolve_path
+    from glmtune.models.load import load, resolve_path, route_family
 
     method = get(cfg.method.name)
-    family = family_of(model_type_of(resolve_path(cfg.model.path)))
+    family = route_family(resolve_path(cfg.model.path))
     model_cfg = cfg.model
     half = mixed_half(cfg.train.precision)
     if model_cfg.dtype == "auto" and half is not None and method.freezes_base:
