@@ -57,7 +57,7 @@ def sh(*cmd, **kw):
 
 
 def freeze(python: Path) -> list[str]:
-    out = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"], check=True,
+    out = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
                          capture_output=True, text=True).stdout
     return sorted((line for line in out.splitlines() if line and not line.startswith("-e")), key=str.lower)
 
