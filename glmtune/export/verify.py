@@ -516,15 +516,16 @@ def _verify_streamed(run_dir: Path, export_dir: Path, tolerance, dtype_name: str
     if mrg_w.missing:
         raise ExportError(f"export verification failed: {export_dir} lacks tensors {mrg_w.missing[:3]}")
 
-    # Prompt ids as the run renders them (the tokenizer the run's engine loads) and as the export does.
-    run_tok = load_tokenizer(resolve_path(meta["base"]), trust)
+    # Prompt ids as the run renders them (the tokenizer the run's engine loads, with the template the run trained
+    # with, a `model.chat_template` override included) and as the export does.
+    cfg = load_config(run_dir / "config.yaml")
+    run_tok = load_tokenizer(resolve_path(meta["base"]), trust, chat_template=cfg.model.chat_template)
     check_template(run_tok, meta, run_dir)
     run_ids = [chat_ids(run_tok, m, add_generation_prompt=True) for m in prompts]
     export_tok = AutoTokenizer.from_pretrained(str(export_dir), trust_remote_code=trust)
     ids_equal = [chat_ids(export_tok, m, add_generation_prompt=True) for m in prompts] == run_ids
 
     trained = None
-    cfg = load_config(run_dir / "config.yaml")
     if get(meta["method"]).quantization(cfg.method, cfg.train) is not None:
         # QLoRA: the reference is the full-precision base + adapter (what the export merges); the gap to the
         # 4-bit model the run trained on is the base's quantisation error, reported, not judged. That model
