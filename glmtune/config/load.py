@@ -73,10 +73,6 @@ def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        # Discriminated unions put the tag in loc ("method.lora.rank"): drop that level for the user.
-        path = path.replace("method.lora.", "method.").replace("method.qlora.", "method.")
-        for tag in ("full", "freeze", "ptuning"):
-            path = path.replace(f"method.{tag}.", "method.")
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{path}'")
         else:
@@ -102,7 +98,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     if isinstance(tree.get("method"), dict):
-        tree["method"].setdefault("name", "lora")  # the default method, so `method.rank=16` alone works
+        from glmtune.methods import default_name
+
+        tree["method"].setdefault("name", default_name())  # the default method, so `method.rank=16` alone works
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:

@@ -12,13 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from glmtune.config.base import Section
 from glmtune.evaluate.config import EvalSection
 from glmtune.export.config import ExportSection
-from glmtune.methods import MethodConfig
-from glmtune.methods.lora import LoraConfig
+from glmtune.methods import REGISTRY, default_name
 from glmtune.plan.config import PlanSection
 from glmtune.serve.config import ServeSection
 from glmtune.train.distributed import DistributedSection
@@ -137,10 +136,24 @@ class TrainSection(Section):
 class RunConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
-    method: MethodConfig = Field(default_factory=LoraConfig)
+    # Any registered method's config section, picked by `method.name` (the registry is read at validation time,
+    # so methods registered at runtime validate too); SerializeAsAny dumps the chosen class's own fields.
+    method: SerializeAsAny[Section] = Field(default_factory=lambda: REGISTRY[default_name()].config_cls())
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     plan: PlanSection = Field(default_factory=PlanSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name(cls, value):
+        if isinstance(value, dict):
+            name = value.get("name", default_name())
+            if name not in REGISTRY:
+                raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+            return REGISTRY[name].config_cls.model_validate(value)
+        if isinstance(value, Section) and getattr(value, "name", None) not in REGISTRY:
+            raise ValueError(f"unknown method {getattr(value, 'name', None)!r}; registered: {sorted(REGISTRY)}")
+        return value

@@ -1,25 +1,13 @@
-"""Fine-tuning methods as registered strategies. Adding a method = adding one module imported here.
+"""Fine-tuning methods as registered strategies. Adding a method = adding one module imported here
+(or, for a method outside the package, importing a module that `@register`s it before the config is read).
 
-`MethodConfig` is the discriminated union of every registered method's config on `method.name`.
+`glmtune.config.schema.RunConfig` validates the `method` section with the config class of the method its
+`name` picks from `REGISTRY`, so a method registered at runtime is accepted like the built-in ones.
 """
 
-from typing import Annotated, Union
+from glmtune.methods import freeze, full, lora, ptuning, qlora  # noqa: F401  (each registers itself)
+from glmtune.methods.base import (REGISTRY, Method, by_footprint, default_name, get, label, register,
+                                  trainable_summary, unregister)
 
-from pydantic import Field
-
-from glmtune.methods import lora  # noqa: F401  (registers)
-from glmtune.methods.base import REGISTRY, Method, get, register, trainable_summary
-
-for _optional in ("full", "freeze", "qlora", "ptuning"):
-    # Each of these modules registers itself; they are optional only while being written.
-    import importlib.util as _u
-
-    if _u.find_spec(f"glmtune.methods.{_optional}") is not None:
-        __import__(f"glmtune.methods.{_optional}")
-
-MethodConfig = Annotated[
-    Union[tuple(m.config_cls for m in REGISTRY.values())],  # type: ignore[misc]
-    Field(discriminator="name"),
-]
-
-__all__ = ["Method", "MethodConfig", "REGISTRY", "get", "register", "trainable_summary"]
+__all__ = ["Method", "REGISTRY", "by_footprint", "default_name", "get", "label", "register", "trainable_summary",
+           "unregister"]

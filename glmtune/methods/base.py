@@ -3,6 +3,13 @@
 A method turns a loaded base model into a trainable one (`prepare`), saves only what it trained
 (`save_trained`), puts it back on a fresh base (`load_trained`), and merges it into plain weights
 where that is possible (`merge` returns None when it is not, e.g. prefix tuning).
+
+It also carries what the other stages ask about it, so they loop over the registry instead of matching
+names: config validation (`config_cls`, dispatched on `method.name` by `glmtune.config.schema`), the
+learning-rate range and epoch advice (plan/advice.py, plan/preflight.py), the trainable-parameter,
+weight and activation terms of the memory estimate (plan/memory.py, plan/export_memory.py), the FLOPs
+factors (plan/measure.py) and whether it is a prefix method (serve/batching.py). A new method is one
+module with a `@register`ed class; see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -21,6 +28,44 @@ class Method:
     artifact: ClassVar[str]  # run-folder subfolder holding what was trained: "adapter" or "model"
     freezes_base: ClassVar[bool]  # True when base weights stay frozen (they may then be loaded in half precision)
     merge_unsupported_reason: ClassVar[str | None] = None  # None when `merge` works
+    default: ClassVar[bool] = False  # the method `method.*` overrides without `method.name` mean (one is)
+
+    # ---- what plan and serve ask (defaults fit a frozen-base adapter method) ----------------------------
+    label: ClassVar[str] = ""  # human name in plan advice ("QLoRA 4-bit"); the registry name when empty
+    lr_range: ClassVar[tuple[float, float, float]] = (1e-4, 2e-4, 5e-4)  # (low, recommended, high) train.lr
+    is_prefix: ClassVar[bool] = False  # learns key/value positions in front of every prompt (P-Tuning v2)
+    updates_base_weights: ClassVar[bool] = False  # trains some of the checkpoint's own weights
+    trains_all_weights: ClassVar[bool] = False  # every weight trains (no frozen part at all)
+    quantizes_base: ClassVar[bool] = False  # loads the frozen base quantised: plan's memory fallback of last resort
+    compute_factor: ClassVar[float] = 1.0  # step time relative to a plain 16-bit forward/backward
+    early_stop_on_small_data: ClassVar[bool] = False  # plan advises frequent evals + early stop under 1000 samples
+
+    def memory_setup(self, cfg) -> dict:
+        """`glmtune.plan.memory.MemorySetup` fields taken from this method's options (rank, prefix length...)."""
+        return {}
+
+    def trainable_params(self, facts, st) -> int:
+        """Trainable parameters on a model with `facts` (plan.facts.ModelFacts) under setup `st`."""
+        raise NotImplementedError
+
+    def frozen_weight_bytes(self, facts, st, n_train: int) -> float:
+        """Bytes of the weights that do not train: the base in its load dtype, or as shipped pre-quantised."""
+        n_all = facts.param_count()
+        if facts.quantized_bits and not self.updates_base_weights:
+            return n_all * facts.quantized_bits / 8
+        return (n_all - (n_train if self.updates_base_weights else 0)) * st.load_bytes
+
+    def extra_activation_elems(self, facts, st) -> float:
+        """Per token and layer, activation elements (compute dtype) this method saves beyond the base layer's."""
+        return facts.norms_per_layer * facts.hidden if self.updates_base_weights else 0.0
+
+    def gradient_layers(self, facts, st) -> int:
+        """Decoder layers backward runs through (frozen layers below the first trainable one save nothing)."""
+        return facts.layers
+
+    def epochs(self, base: int) -> tuple[int, str]:
+        """Recommended epochs from the data-size `base` (plan/advice.py), and why."""
+        return base, "LoRA on small data: enough passes to fit the format, few enough to stop before memorising"
 
     def quantization(self, cfg, train_cfg) -> Any | None:
         """A transformers quantization config for loading the base, or None."""
@@ -64,8 +109,31 @@ def register(cls):
     tag = cls.config_cls.model_fields["name"].default
     if tag != cls.name:
         raise ValueError(f"{cls.__name__}: config name default {tag!r} != method name {cls.name!r}")
+    if cls.default and any(m.default for m in REGISTRY.values()):
+        raise ValueError(f"{cls.__name__}: a default method is registered already")
     REGISTRY[cls.name] = cls()
     return cls
+
+
+def unregister(name: str) -> None:
+    """Drop a method registered at runtime (tests)."""
+    REGISTRY.pop(name, None)
+
+
+def default_name() -> str:
+    return next(name for name, m in REGISTRY.items() if m.default)
+
+
+def by_footprint() -> list[str]:
+    """Registered names, most weights trained first (full, then partial, adapters, prefixes; else registration
+    order): the row order of plan's memory table."""
+    order = {n: i for i, n in enumerate(REGISTRY)}
+    return sorted(REGISTRY, key=lambda n: (not REGISTRY[n].trains_all_weights, not REGISTRY[n].updates_base_weights,
+                                           REGISTRY[n].is_prefix, order[n]))
+
+
+def label(name: str) -> str:
+    return get(name).label or name
 
 
 def get(name: str) -> Method:

@@ -81,6 +81,21 @@ class FreezeMethod(Method):
     # Frozen weights could live in half precision, but then trained (fp32) and frozen (half) layers would
     # mix dtypes outside autocast (generation after training); we keep one dtype and let autocast do mixed.
     freezes_base: ClassVar[bool] = False
+    label: ClassVar[str] = "freeze tuning"
+    lr_range: ClassVar[tuple[float, float, float]] = (2e-5, 5e-5, 1e-4)  # between full's and LoRA's
+    updates_base_weights: ClassVar[bool] = True
+
+    def memory_setup(self, cfg) -> dict:
+        return {"freeze_layers": cfg.trainable_layers}
+
+    def trainable_params(self, facts, st) -> int:
+        return min(st.freeze_layers, facts.layers) * facts.layer_params()
+
+    def gradient_layers(self, facts, st) -> int:
+        return min(st.freeze_layers, facts.layers)
+
+    def epochs(self, base: int) -> tuple[int, str]:
+        return max(2, base - 2), "full/freeze update many weights: fewer passes before over-fitting and forgetting"
 
     def prepare(self, loaded, cfg, train_cfg):
         apply_freeze(loaded.model, cfg)

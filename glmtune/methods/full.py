@@ -60,6 +60,16 @@ class FullMethod(Method):
     config_cls: ClassVar[type[Section]] = FullConfig
     artifact: ClassVar[str] = "model"
     freezes_base: ClassVar[bool] = False
+    label: ClassVar[str] = "full fine-tuning"
+    lr_range: ClassVar[tuple[float, float, float]] = (1e-5, 1e-5, 2e-5)  # LLaMA-Factory full-SFT examples 1e-5
+    updates_base_weights: ClassVar[bool] = True
+    trains_all_weights: ClassVar[bool] = True
+
+    def trainable_params(self, facts, st) -> int:
+        return facts.param_count()
+
+    def epochs(self, base: int) -> tuple[int, str]:
+        return max(2, base - 2), "full/freeze update many weights: fewer passes before over-fitting and forgetting"
 
     def prepare(self, loaded, cfg, train_cfg):
         for p in loaded.model.parameters():

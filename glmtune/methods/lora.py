@@ -111,6 +111,34 @@ def loraplus_groups(model, cfg, train_cfg) -> list[dict] | None:
     return decay_groups(model, train_cfg.lr, train_cfg.weight_decay, lr_of)
 
 
+def targeted_shapes(facts, targets) -> list[tuple[str, int, int]]:
+    """(name, in, out) of the linear layers per decoder layer that `targets` adapts (plan.facts.ModelFacts)."""
+    shapes = facts.linear_shapes()
+    if targets == "all":
+        return shapes
+    if targets in ("attention", "mlp"):
+        n_attn = 2 if facts.family == "chatglm" else 4
+        return shapes[:n_attn] if targets == "attention" else shapes[n_attn:]
+    wanted = set(targets)
+    return [s for s in shapes if s[0] in wanted]
+
+
+def lora_memory_setup(cfg) -> dict:
+    targets = cfg.targets
+    return {"lora_rank": cfg.rank, "lora_dropout": cfg.dropout,
+            "lora_targets": targets if isinstance(targets, str) else tuple(targets)}
+
+
+def lora_trainable_params(facts, st) -> int:
+    return facts.layers * sum(st.lora_rank * (a + b) for _, a, b in targeted_shapes(facts, st.lora_targets))
+
+
+def lora_activation_elems(facts, st) -> float:
+    """The rank-r intermediate per adapted module; with dropout > 0 a dropped copy of each module's input."""
+    mods = targeted_shapes(facts, st.lora_targets)
+    return st.lora_rank * len(mods) + (sum(a for _, a, _ in mods) if st.lora_dropout > 0 else 0)
+
+
 def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", trainable: bool = False):
     from peft import PeftModel
 
@@ -123,6 +151,20 @@ class LoraMethod(Method):
     config_cls: ClassVar[type[Section]] = LoraConfig
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
+    default: ClassVar[bool] = True
+    label: ClassVar[str] = "LoRA"
+    # Hu et al. 2021 used 2e-4; LLaMA-Factory examples 1e-4; ChatGLM3 finetune_demo lora.yaml 5e-4 at batch 4
+    lr_range: ClassVar[tuple[float, float, float]] = (1e-4, 2e-4, 5e-4)
+    early_stop_on_small_data: ClassVar[bool] = True
+
+    def memory_setup(self, cfg) -> dict:
+        return lora_memory_setup(cfg)
+
+    def trainable_params(self, facts, st) -> int:
+        return lora_trainable_params(facts, st)
+
+    def extra_activation_elems(self, facts, st) -> float:
+        return lora_activation_elems(facts, st)
 
     def param_groups(self, model, cfg, train_cfg):
         return loraplus_groups(model, cfg, train_cfg)

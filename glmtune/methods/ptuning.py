@@ -103,6 +103,18 @@ class PtuningMethod(Method):
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
     merge_unsupported_reason: ClassVar[str | None] = MERGE_REASON
+    label: ClassVar[str] = "P-Tuning v2"
+    lr_range: ClassVar[tuple[float, float, float]] = (5e-3, 2e-2, 3e-2)  # ChatGLM-6B ptuning/train.sh: LR=2e-2
+    is_prefix: ClassVar[bool] = True
+
+    def memory_setup(self, cfg) -> dict:
+        return {"prefix_tokens": cfg.pre_seq_len}
+
+    def trainable_params(self, facts, st) -> int:
+        return st.prefix_tokens * facts.layers * 2 * facts.kv_dim
+
+    def epochs(self, base: int) -> tuple[int, str]:
+        return base * 2, "P-Tuning v2 learns only prefixes and converges slower (ChatGLM-6B ran 3000 steps)"
 
     def config_overrides(self, cfg, family) -> dict:
         if remote_prefix(family):

@@ -28,7 +28,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from glmtune.methods.base import Method, register
-from glmtune.methods.lora import LoraConfig, load_adapter, loraplus_groups, wrap_with_lora
+from glmtune.methods.lora import (LoraConfig, load_adapter, lora_activation_elems, lora_memory_setup,
+                                  lora_trainable_params, loraplus_groups, wrap_with_lora)
 
 
 class QloraConfig(LoraConfig):
@@ -140,6 +141,27 @@ class QloraMethod(Method):
     config_cls: ClassVar[type] = QloraConfig
     artifact: ClassVar[str] = "adapter"
     freezes_base: ClassVar[bool] = True
+    label: ClassVar[str] = "QLoRA 4-bit"
+    lr_range: ClassVar[tuple[float, float, float]] = (1e-4, 2e-4, 5e-4)  # LoRA's (the QLoRA paper used 1e-4...2e-4)
+    quantizes_base: ClassVar[bool] = True
+    compute_factor: ClassVar[float] = 1.3  # every matmul dequantises the NF4 weight (Dettmers et al. 2023 report ~)
+    early_stop_on_small_data: ClassVar[bool] = True
+
+    def memory_setup(self, cfg) -> dict:
+        return lora_memory_setup(cfg)
+
+    def trainable_params(self, facts, st) -> int:
+        return lora_trainable_params(facts, st)
+
+    def extra_activation_elems(self, facts, st) -> float:
+        return lora_activation_elems(facts, st)
+
+    def frozen_weight_bytes(self, facts, st, n_train: int) -> float:
+        """NF4 base linears at 0.5 B + quantisation constants (blocks of 64 with an fp32 absmax -> +0.0625 B,
+        ~0.0157 B with double quantisation; Dettmers et al. 2023, §2); embeddings and head in the load dtype."""
+        const = 0.0157 if st.double_quant else 0.0625
+        lin = facts.linear_params()
+        return lin * (0.5 + const) + (facts.param_count() - lin) * st.load_bytes
 
     def quantization(self, cfg, train_cfg):
         return bnb_config(cfg, compute_dtype(cfg, train_cfg.precision))

@@ -17,10 +17,13 @@ from dataclasses import asdict, dataclass
 
 from glmtune.plan.schedule import percentile, round_up
 
-LR_RANGE = {  # method -> (low, recommended, high)
-    "lora": (1e-4, 2e-4, 5e-4), "qlora": (1e-4, 2e-4, 5e-4), "full": (1e-5, 1e-5, 2e-5),
-    "freeze": (2e-5, 5e-5, 1e-4), "ptuning": (5e-3, 2e-2, 3e-2),
-}
+
+
+def lr_range(method: str) -> tuple[float, float, float]:
+    """(low, recommended, high) train.lr of a registered method (each method module carries its own)."""
+    from glmtune.methods import get
+
+    return get(method).lr_range
 
 
 @dataclass
@@ -51,20 +54,14 @@ def recommend_val(n: int) -> tuple[int, str]:
 
 
 def recommend_epochs(n_train: int, method: str) -> tuple[int, str]:
-    base = 3 if n_train >= 1000 else (4 if n_train >= 300 else 5)
-    if method in ("full", "freeze"):
-        base = max(2, base - 2)
-        why = "full/freeze update many weights: fewer passes before over-fitting and forgetting"
-    elif method == "ptuning":
-        base = base * 2
-        why = "P-Tuning v2 learns only prefixes and converges slower (ChatGLM-6B ran 3000 steps)"
-    else:
-        why = "LoRA on small data: enough passes to fit the format, few enough to stop before memorising"
+    from glmtune.methods import get
+
+    base, why = get(method).epochs(3 if n_train >= 1000 else (4 if n_train >= 300 else 5))
     return base, f"{n_train} training samples; {why}; keep the checkpoint with the lowest validation loss"
 
 
 def recommend_lr(method: str, effective_batch: int) -> tuple[float, str]:
-    lo, rec, hi = LR_RANGE.get(method, LR_RANGE["lora"])
+    lo, rec, hi = lr_range(method)
     return rec, f"{method}: usual range {lo:g}–{hi:g}; {rec:g} suits an effective batch of {effective_batch}"
 
 
@@ -106,7 +103,9 @@ def advise(cfg, stats, facts, sched, largest_fitting_batch: int | None = None) -
     if cfg.train.warmup_steps > 0:
         out.append(Advice("train.warmup_steps", 0, cfg.train.warmup_steps,
                           f"a fixed {cfg.train.warmup_steps} steps is {sched.warmup_share:.0%} of this run"))
-    if method in ("lora", "qlora") and n_train < 1000:
+    from glmtune.methods import get
+
+    if get(method).early_stop_on_small_data and n_train < 1000:
         out.append(Advice("train.eval_steps", max(1, steps // 10), cfg.train.eval_steps,
                           "small data over-fits fast: evaluate ~10 times per run and stop early "
                           "(train.early_stopping_patience=3)"))

@@ -38,22 +38,25 @@ def checkpoint_bytes(facts: ModelFacts) -> int:
 def export_estimate(facts: ModelFacts, method: str, export_cfg, st) -> dict:
     """{merge, verify, peak} bytes of host memory for exporting a `method` run of `facts`, or a reason."""
     from glmtune.export.shards import parse_size
+    from glmtune.methods import get, label
     from glmtune.plan.memory import trainable_params
 
-    if method == "ptuning":
-        return {"peak_bytes": None, "note": "P-Tuning v2 learns a prefix: nothing to merge, serve the run instead"}
+    m = get(method)
+    if m.merge_unsupported_reason:
+        return {"peak_bytes": None, "note": f"{label(method)} cannot be merged: nothing to merge, serve the run instead"}
     src = checkpoint_bytes(facts)
     out = src if export_cfg.dtype == "auto" else _BYTES[export_cfg.dtype]
     largest = max([facts.vocab * facts.hidden] + [a * b for _, a, b in facts.linear_shapes()])
     read = largest * (src + (out if out != src else 0))  # a tensor and its cast copy
-    adapter = 4 * trainable_params(facts, method, st) if method in ("lora", "qlora") else 0
+    low_rank = m.artifact == "adapter"   # a low-rank delta merged into each adapted weight (LoRA-type)
+    adapter = 4 * trainable_params(facts, method, st) if low_rank else 0
     merging = 0
-    if method in ("lora", "qlora"):
+    if low_rank:
         biggest_linear = max(a * b for _, a, b in facts.linear_shapes())
         merging = biggest_linear * (4 + (src if src != 4 else 0) + (out if out != 4 else 0))
     merge = max(parse_size(export_cfg.size), read) + merging + adapter
     verify = 4 * facts.layer_params() + HEAD_SLICE_BYTES + adapter
-    if method == "qlora":  # the 4-bit training model, loaded whole once (NF4 linears + 16-bit embeddings)
+    if m.quantizes_base:  # the 4-bit training model, loaded whole once (NF4 linears + 16-bit embeddings)
         verify += facts.linear_params() * 0.5625 + facts.embedding_params() * 2
     peak = max(MERGE_BASE_BYTES + merge, VERIFY_BASE_BYTES + verify if export_cfg.verify else 0)
     return {"merge_bytes": merge, "verify_bytes": verify if export_cfg.verify else None, "peak_bytes": peak,

@@ -18,12 +18,15 @@ MFU = 0.35
 
 
 def flops_per_token(facts, method: str, seq: int, gradient_checkpointing: bool) -> float:
+    from glmtune.methods import get
+
+    m = get(method)
     n = facts.param_count()
     attn = 12 * facts.layers * seq * facts.q_dim
-    f = (6 if method == "full" else 4) * n + attn   # attention has no weights: its backward is the same
+    f = (6 if m.trains_all_weights else 4) * n + attn   # attention has no weights: its backward is the same
     if gradient_checkpointing:
         f += 2 * n + attn / 3
-    return f * (1.3 if method == "qlora" else 1.0)
+    return f * m.compute_factor
 
 
 def stated_tokens_per_second(facts, method: str, gpu, seq: int, gradient_checkpointing: bool,

@@ -41,7 +41,6 @@ from glmtune.plan.facts import ModelFacts
 GIB = 1024 ** 3
 CUDA_CONTEXT_GIB = 0.8          # CUDA context + cuBLAS workspace: 0.5-1 GB in practice
 FRAGMENTATION = 0.05            # caching-allocator slack on the dynamic part
-METHODS = ("full", "freeze", "lora", "qlora", "ptuning")
 
 # name -> (memory GiB, dense bf16/fp16 tensor TFLOPS, bf16 supported). Vendor datasheets (dense, no sparsity).
 GPUS: dict[str, tuple[float, float, bool]] = {
@@ -126,53 +125,36 @@ class MemoryEstimate:
         return d
 
 
-def _targeted(facts: ModelFacts, targets) -> list[tuple[str, int, int]]:
-    shapes = facts.linear_shapes()
-    if targets == "all":
-        return shapes
-    if targets in ("attention", "mlp"):
-        n_attn = 2 if facts.family == "chatglm" else 4
-        return shapes[:n_attn] if targets == "attention" else shapes[n_attn:]
-    wanted = set(targets)
-    return [s for s in shapes if s[0] in wanted]
+def _method(method):
+    from glmtune.methods import get
+
+    return get(method) if isinstance(method, str) else method
 
 
 def trainable_params(facts: ModelFacts, method: str, st: MemorySetup) -> int:
-    if method == "full":
-        return facts.param_count()
-    if method == "freeze":
-        return min(st.freeze_layers, facts.layers) * facts.layer_params()
-    if method in ("lora", "qlora"):
-        return facts.layers * sum(st.lora_rank * (a + b) for _, a, b in _targeted(facts, st.lora_targets))
-    if method == "ptuning":
-        return st.prefix_tokens * facts.layers * 2 * facts.kv_dim
-    raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+    return _method(method).trainable_params(facts, st)
 
 
 def layer_activation_elems(facts: ModelFacts, method: str, st: MemorySetup) -> tuple[float, float]:
     """(fp32 elements, compute-dtype elements) autograd saves per token for one decoder layer."""
+    m = _method(method)
     h, i, q, kv = facts.hidden, facts.intermediate, facts.q_dim, facts.kv_dim
     fp32 = facts.norms_per_layer * h
-    kv_scale = (st.seq + st.prefix_tokens) / st.seq if method == "ptuning" else 1.0
+    kv_scale = (st.seq + st.prefix_tokens) / st.seq if m.is_prefix else 1.0
     mlp_core = 3 * i if facts.mlp == "swiglu" else i
     comp = (2 * h + q + i) + (3 * q + 2.5 * kv * kv_scale) + mlp_core
-    if method in ("full", "freeze"):
-        comp += facts.norms_per_layer * h
-    if method in ("lora", "qlora"):
-        mods = _targeted(facts, st.lora_targets)
-        comp += st.lora_rank * len(mods)
-        if st.lora_dropout > 0:
-            comp += sum(a for _, a, _ in mods)
-    return fp32, comp
+    return fp32, comp + m.extra_activation_elems(facts, st)
 
 
 def activation_bytes(facts: ModelFacts, method: str, st: MemorySetup) -> tuple[float, float]:
     """(saved bytes, saved + workspace bytes) for one micro-batch."""
+    m = _method(method)
     tokens = st.seq * st.batch
-    fp32, comp = layer_activation_elems(facts, method, st)
+    fp32, comp = layer_activation_elems(facts, m, st)
     per_layer = tokens * (4 * fp32 + st.compute_bytes * comp)
-    grad_layers = min(st.freeze_layers, facts.layers) if method == "freeze" else facts.layers
-    head = tokens * facts.hidden * (4 + st.compute_bytes * (2 if method == "full" else 1))  # final norm + lm_head input
+    grad_layers = m.gradient_layers(facts, st)
+    # final norm + lm_head input (and its 16-bit copy for the head's weight gradient when everything trains)
+    head = tokens * facts.hidden * (4 + st.compute_bytes * (2 if m.trains_all_weights else 1))
     if st.gradient_checkpointing:
         saved = grad_layers * tokens * facts.hidden * st.compute_bytes + head
     else:
@@ -180,10 +162,11 @@ def activation_bytes(facts: ModelFacts, method: str, st: MemorySetup) -> tuple[f
     return saved, saved + per_layer
 
 
-def logits_bytes(facts: ModelFacts, st: MemorySetup, method: str = "lora") -> tuple[float, float]:
+def logits_bytes(facts: ModelFacts, st: MemorySetup, method: str | None = None) -> tuple[float, float]:
     """(saved bytes, peak bytes) of the LM-head output and loss buffers (`glmtune.train.loss`)."""
     tokens = st.seq * st.batch
-    whole_forward = method == "ptuning" or facts.family == "chatglm"
+    prefix = method is not None and _method(method).is_prefix
+    whole_forward = prefix or facts.family == "chatglm"
     if st.loss_chunk and st.loss_chunk > 0 and not whole_forward:
         # chunk rows: 16-bit logits -> fp32 copy -> log-probs -> gradient, recomputed per chunk
         per = 12.0 + (st.compute_bytes if st.compute_bytes == 2 else 0)
@@ -196,31 +179,23 @@ def logits_bytes(facts: ModelFacts, st: MemorySetup, method: str = "lora") -> tu
 
 
 def estimate(facts: ModelFacts, method: str, st: MemorySetup) -> MemoryEstimate:
-    n_all = facts.param_count()
-    n_train = trainable_params(facts, method, st)
+    m = _method(method)
+    n_train = m.trainable_params(facts, st)
     notes: list[str] = []
     train_bytes = 2 if st.pure16 else 4
-    if method == "full":
-        frozen_w = 0.0
-    elif method == "qlora":
-        const = 0.0157 if st.double_quant else 0.0625
-        lin = facts.linear_params()
-        frozen_w = lin * (0.5 + const) + (n_all - lin) * st.load_bytes
+    frozen_w = m.frozen_weight_bytes(facts, st, n_train)
+    if m.quantizes_base:
         notes.append("base linears in NF4 (0.5 B/param + constants); embeddings and LM head in the load dtype")
-    else:
-        frozen_w = (n_all - (n_train if method == "freeze" else 0)) * st.load_bytes
-    if facts.quantized_bits and method in ("lora", "ptuning"):
-        frozen_w = n_all * facts.quantized_bits / 8
     weights = float(frozen_w + n_train * train_bytes)
     master = n_train * 2.0 if st.mixed else 0.0
     grads = n_train * float(train_bytes)
     optim = n_train * 2.0 * train_bytes
-    saved, act = activation_bytes(facts, method, st)
-    lsaved, logit = logits_bytes(facts, st, method)
+    saved, act = activation_bytes(facts, m, st)
+    lsaved, logit = logits_bytes(facts, st, m)
     overhead = (CUDA_CONTEXT_GIB * GIB + FRAGMENTATION * (act + logit)) if st.gpu else 0.0
-    if method == "full" and st.mixed:
+    if m.trains_all_weights and st.mixed:
         notes.append("mixed precision: fp32 weights are the master copy, autocast keeps a 16-bit compute copy")
-    return MemoryEstimate(method, n_train, weights, master, grads, optim, act, saved, logit, lsaved, overhead, notes)
+    return MemoryEstimate(m.name, n_train, weights, master, grads, optim, act, saved, logit, lsaved, overhead, notes)
 
 
 def setup_from_config(cfg, seq: int | None = None, gpu: GPU | None = None) -> MemorySetup:
@@ -229,29 +204,15 @@ def setup_from_config(cfg, seq: int | None = None, gpu: GPU | None = None) -> Me
 
     prec = cfg.train.precision
     dtype = cfg.model.dtype
-    if dtype == "auto" and prec in ("bf16", "fp16") and _freezes_base(cfg.method.name):
+    method = _method(cfg.method.name)
+    if dtype == "auto" and prec in ("bf16", "fp16") and method.freezes_base:
         dtype = "bfloat16" if prec == "bf16" else "float16"   # as glmtune.train.trainer.load_for_training
     load_bytes = torch_dtype(dtype, prec).itemsize
-    m = cfg.method
-    targets = getattr(m, "targets", "all")
     return MemorySetup(
         seq=seq or cfg.data.cutoff_len, batch=cfg.train.batch_size, load_bytes=load_bytes,
         compute_bytes=4 if prec == "fp32" else 2, mixed=prec in ("fp16", "bf16"), pure16=prec == "pure_bf16",
         gradient_checkpointing=cfg.train.gradient_checkpointing, loss_chunk=cfg.train.loss_chunk_size,
-        lora_rank=getattr(m, "rank", 8), lora_targets=targets if isinstance(targets, str) else tuple(targets),
-        lora_dropout=getattr(m, "dropout", 0.05),
-        freeze_layers=getattr(m, "trainable_layers", getattr(m, "num_layers", 2)),
-        prefix_tokens=getattr(m, "pre_seq_len", getattr(m, "num_virtual_tokens", 128)),
-        gpu=gpu is not None or _cuda_available())
-
-
-def _freezes_base(name: str) -> bool:
-    try:
-        from glmtune.methods import get
-
-        return bool(getattr(get(name), "freezes_base", name in ("lora", "qlora", "ptuning")))
-    except ValueError:
-        return name in ("lora", "qlora", "ptuning")
+        gpu=gpu is not None or _cuda_available(), **method.memory_setup(cfg.method))
 
 
 def _cuda_available() -> bool:
@@ -270,9 +231,13 @@ def cheapest_fix(facts: ModelFacts, method: str, st: MemorySetup, budget_bytes: 
     a shorter cutoff (never below `min_seq`). Changes accumulate: later steps keep the earlier ones."""
     from dataclasses import replace
 
+    from glmtune.methods import REGISTRY
+
     steps: list[tuple[str, str, MemorySetup, str]] = []   # (kind, advice, setup, method)
     cur = st
-    if cur.load_bytes == 4 and method != "full":
+    m = _method(method)
+    method = m.name
+    if cur.load_bytes == 4 and not m.trains_all_weights:
         dt, pr = ("bfloat16", "bf16") if bf16 else ("float16", "fp16")
         cur = replace(cur, load_bytes=2, compute_bytes=2, mixed=not cur.pure16)
         steps.append(("dtype", f"load the frozen base in 16-bit (model.dtype={dt} train.precision={pr})", cur, method))
@@ -285,9 +250,10 @@ def cheapest_fix(facts: ModelFacts, method: str, st: MemorySetup, budget_bytes: 
         cur = replace(cur, batch=b)
         steps.append(("batch", f"train.batch_size={b} with train.grad_accum ×{math.ceil(st.batch / b)} "
                       f"(same effective batch)", cur, method))
-    if method in ("lora", "full", "freeze"):
-        method = "qlora"
-        steps.append(("qlora", "QLoRA 4-bit (method.name=qlora)", cur, method))
+    quantized = next((q for q in REGISTRY.values() if q.quantizes_base), None)
+    if quantized is not None and not (m.is_prefix or m.quantizes_base):
+        method = quantized.name
+        steps.append(("quantize", f"{quantized.label or method} (method.name={method})", cur, method))
     seq = cur.seq
     floor = max(64, min_seq or 64)
     while seq // 2 >= floor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from glmtune.plan.advice import LR_RANGE, recommend_cutoff
+from glmtune.plan.advice import lr_range, recommend_cutoff
 from glmtune.plan.schedule import length_report, schedule
 
 
@@ -84,7 +84,7 @@ def preflight(cfg, stats, facts, split: tuple[int, int] | None = None) -> list[F
                            f"{sched.train} samples × {sched.epochs:g} epochs: small data seen many times over-fits "
                            f"and erodes general ability (catastrophic forgetting, PEERS pain 8); prefer 3–5 epochs "
                            f"with early stopping on a validation split, or mix in general chat data"))
-    lo, _, hi = LR_RANGE.get(method, LR_RANGE["lora"])
+    lo, _, hi = lr_range(method)
     if t.lr > 3 * hi or t.lr < lo / 3:
         out.append(Finding("warn", "lr_out_of_range",
                            f"train.lr={t.lr:g} is far outside the usual {lo:g}–{hi:g} for {method}"))
@@ -94,10 +94,13 @@ def preflight(cfg, stats, facts, split: tuple[int, int] | None = None) -> list[F
                            f"data.val_size={min(50, max(20, sched.samples // 10))}"))
     if sched.total_steps < 10:
         out.append(Finding("warn", "few_steps", f"only {sched.total_steps} optimizer steps in the whole run"))
-    if facts.quantized_bits and method in ("full", "freeze"):
+    from glmtune.methods import REGISTRY, get
+
+    if facts.quantized_bits and get(method).updates_base_weights:
+        others = "/".join(n for n, m in REGISTRY.items() if not (m.updates_base_weights or m.quantizes_base))
         out.append(Finding("fatal", "quantized_base",
                            f"{facts.name} ships {facts.quantized_bits}-bit weights: {method} cannot update them; "
-                           f"use ptuning/lora or the unquantised checkpoint"))
+                           f"use {others} or the unquantised checkpoint"))
     out += _memory_findings(cfg, stats, facts)
     return out
 

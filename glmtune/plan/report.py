@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from glmtune.plan.memory import GIB, METHODS
+from glmtune.plan.memory import GIB
 
 
 def _stats(cfg, facts):
@@ -37,8 +37,10 @@ def _largest_batch(facts, method, st, budget, limit: int = 16) -> tuple[int, lis
     """Largest micro-batch that fits; if none does, first take the free fixes (16-bit base, checkpointing)."""
     from glmtune.plan.memory import estimate
 
+    from glmtune.methods import get
+
     tried = [(st, [])]
-    if st.load_bytes == 4 and method != "full":
+    if st.load_bytes == 4 and not get(method).trains_all_weights:
         st = replace(st, load_bytes=2, compute_bytes=2, mixed=True)
         tried.append((st, ["train.precision=bf16 (16-bit frozen base)"]))
     if not st.gradient_checkpointing:
@@ -56,6 +58,7 @@ def build_plan(cfg, gpu=None, measure: bool = False) -> dict:
     from glmtune.plan.advice import advise, recommend_cutoff
     from glmtune.plan.facts import model_facts
     from glmtune.plan.measure import measure_training, stated_tokens_per_second
+    from glmtune.methods.base import by_footprint
     from glmtune.plan.memory import cheapest_fix, estimate, parse_gpu, setup_from_config
     from glmtune.plan.preflight import preflight
     from glmtune.plan.schedule import length_report, schedule
@@ -70,7 +73,7 @@ def build_plan(cfg, gpu=None, measure: bool = False) -> dict:
     st = replace(st, supervised=lengths.supervised.p99)
     budget = gpu.mem_gib * GIB if gpu else None
     memory = {}
-    for m in METHODS:
+    for m in by_footprint():
         est = estimate(facts, m, st)
         row = est.to_json()
         if budget is not None:

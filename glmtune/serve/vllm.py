@@ -157,7 +157,9 @@ def make_plan(run: str | None, model: str | None, adapters: dict[str, str] | Non
             if why:
                 raise VllmError(f"vLLM cannot serve {run_dir} as base + LoRA: {why}; {_export_route(run_dir)}")
             plan = Plan(base, base.name, tok, trust, {run_dir.name: artifact})
-            if meta.get("method") == "qlora":
+            from glmtune.methods import get
+
+            if get(meta["method"]).quantizes_base:
                 plan.notes.append("QLoRA: vLLM applies the adapter to the full-precision base (as the export "
                                   "does), not to the 4-bit base the HF backend serves")
             base_of_adapters = base

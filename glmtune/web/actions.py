@@ -19,7 +19,22 @@ from glmtune.web.workspace import WebError, Workspace, check_name
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # jobs run this very glmtune, wherever it lives
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-METHODS = ["lora", "qlora", "ptuning", "freeze", "full"]
+
+
+def _methods() -> list[str]:
+    from glmtune.methods import REGISTRY, default_name
+
+    return [default_name(), *(n for n in REGISTRY if n != default_name())]
+
+
+def methods_with(option: str) -> tuple[str, ...]:
+    """Registered methods whose config has `option` (the form shows its field only for them)."""
+    from glmtune.methods import REGISTRY
+
+    return tuple(n for n, m in REGISTRY.items() if option in m.config_cls.model_fields)
+
+
+METHODS = _methods()
 
 # The train form's fields: (form key, dotted config path, methods it belongs to or None for all).
 FORM_FIELDS = [
@@ -27,12 +42,12 @@ FORM_FIELDS = [
     ("data_train", "data.train", None),
     ("cutoff_len", "data.cutoff_len", None),
     ("val_size", "data.val_size", None),
-    ("rank", "method.rank", ("lora", "qlora")),
-    ("alpha", "method.alpha", ("lora", "qlora")),
-    ("dropout", "method.dropout", ("lora", "qlora")),
-    ("bits", "method.bits", ("qlora",)),
-    ("pre_seq_len", "method.pre_seq_len", ("ptuning",)),
-    ("trainable_layers", "method.trainable_layers", ("freeze",)),
+    ("rank", "method.rank", methods_with("rank")),
+    ("alpha", "method.alpha", methods_with("alpha")),
+    ("dropout", "method.dropout", methods_with("dropout")),
+    ("bits", "method.bits", methods_with("bits")),
+    ("pre_seq_len", "method.pre_seq_len", methods_with("pre_seq_len")),
+    ("trainable_layers", "method.trainable_layers", methods_with("trainable_layers")),
     ("epochs", "train.epochs", None),
     ("max_steps", "train.max_steps", None),
     ("batch_size", "train.batch_size", None),
@@ -142,12 +157,14 @@ def train_overrides(ws: Workspace, form: dict) -> tuple[list[str], Path]:
 
     name = check_name(form.get("run_name", ""), "run name")
     run_dir = ws.runs_dir / name
-    method = form.get("method") or "lora"
+    from glmtune.methods import default_name
+
+    method = form.get("method") or default_name()
     if method not in METHODS:
         raise WebError(f"method {method!r}: one of {METHODS}")
     default = load_config(None, [f"method.name={method}"])
     data = form.get("data_train") or "demo"
-    overrides = [f"method.name={method}"] if method != "lora" else []
+    overrides = [f"method.name={method}"] if method != default_name() else []
     for key, dotted, methods in FORM_FIELDS:
         if methods and method not in methods:
             continue

@@ -124,8 +124,9 @@ def build_ui(ws):
         return dict(zip(names, values))
 
     def method_visibility(method):
-        return (gr.update(visible=method in ("lora", "qlora")), gr.update(visible=method == "qlora"),
-                gr.update(visible=method == "ptuning"), gr.update(visible=method == "freeze"))
+        # one row per group of method options: rank/alpha/dropout, bits, pre_seq_len, trainable_layers
+        return tuple(gr.update(visible=method in actions.methods_with(option))
+                     for option in ("rank", "bits", "pre_seq_len", "trainable_layers"))
 
     def on_preset(preset):
         values, extra = actions.preset_form(preset)
