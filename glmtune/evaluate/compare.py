@@ -2,7 +2,7 @@
 
 Only numbers computed under the same metric spec are lined up; a metric whose spec differs between
 reports is shown with a `!` and a note, because a BLEU-4 from one definition says nothing about
-another (PEERS §2 row 14).
+another (ChatGLM-6B's character BLEU-4 and GLM-4's word BLEU-4 share a name, not a scale).
 """
 
 from __future__ import annotations

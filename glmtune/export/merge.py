@@ -1,7 +1,7 @@
 """Stream a LoRA/DoRA merge tensor by tensor: base checkpoint in, merged safetensors shards out.
 
 Peak memory is one shard being filled + the adapter + one base tensor, never the whole model twice
-(PEERS.md gap 6: LLaMA-Factory loads base and adapter whole and merges in RAM, LF#4672/#3131).
+(LLaMA-Factory loads base and adapter whole and merges in RAM, LF#4672/#3131).
 Each base tensor is read with `safetensors.safe_open` (pread, not memory-mapped), merged on `device` in float32,
 cast to the export dtype and handed to a `ShardWriter`.
 

@@ -58,7 +58,7 @@ def _copy_support_files(run_dir: Path, base_dir: Path, source_dir: Path, out: Pa
     """config.json (with the export dtype), generation_config.json, tokenizer + chat template, remote code.
 
     The tokenizer comes from the run's `tokenizer/` (what training rendered with) and is copied byte
-    for byte, so the chat template survives (PEERS.md pain 5: LF#5986, GLM-4#607).
+    for byte, so the chat template survives (templates lost in export: LLaMA-Factory#5986, GLM-4#607).
     """
     config = json.loads((source_dir / "config.json").read_text())
     config["dtype"] = dtype_name

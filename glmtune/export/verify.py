@@ -1,5 +1,5 @@
 """Check an export against the run it came from: logits of the merged folder vs base + trained part, and
-the rendered prompt ids of the exported tokenizer vs the run's (PEERS.md pain 5 and gap 6: no peer checks either).
+the rendered prompt ids of the exported tokenizer vs the run's (a template lost in export makes the served model ramble; LLaMA-Factory checks neither).
 
 Streamed (the default, for the `model.layers.N` decoder stacks of STREAMABLE_TYPES): both models are built
 on the meta device from their configs (no weights) and their weights are read from the safetensors files

@@ -6,7 +6,7 @@ The mechanism is picked here from the model family, and nowhere else:
 * native models (GLM, GLM-4(-hf), Llama, Qwen, anything generic): PEFT `PrefixTuningConfig`, which feeds
   the prefix as a pre-filled KV cache. With transformers 5 that is a `DynamicCache`; generation with the
   cache gives the same greedy tokens as full re-computation without it (tests/methods/test_ptuning.py).
-  This is the model-agnostic route the peers lack (PEERS.md pain points 2-3).
+  This is the model-agnostic route: the official scripts tie P-Tuning v2 to ChatGLM's remote code.
 * remote-code ChatGLM-6B / ChatGLM2 / ChatGLM3 (`family.prefix_mechanism == "pre_seq_len"`): the model's
   own `transformer.prefix_encoder`, switched on by `pre_seq_len`/`prefix_projection` in its config before
   the model is built (`config_overrides`); only that encoder trains, as in THUDM's `ptuning/main.py`.

@@ -1,7 +1,7 @@
 """Model facts the planner needs: shapes (for parameter and activation counts), vocabulary, context,
 LoRA target names, template and licence — from a checkpoint's `config.json` or a small built-in table.
 
-Why a table: users plan *before* downloading 18 GB (PEERS gap 10: no peer estimates a config upfront).
+Why a table: users plan *before* downloading 18 GB (LLaMA-Factory and the official finetune scripts estimate nothing upfront).
 Shapes in the table are copied from each model's published `config.json` on the Hugging Face Hub
 (THUDM/glm-4-9b-chat-hf, THUDM/glm-4-9b-chat, THUDM/GLM-4-9B-0414, THUDM/chatglm3-6b,
 THUDM/chatglm-6b(-int4), meta-llama/Meta-Llama-3-8B-Instruct, Qwen/Qwen2.5-7B-Instruct); parameter
@@ -122,7 +122,7 @@ BUILTIN: dict[str, ModelFacts] = {
         "glm-4-9b-chat", **{**_GLM4_9B, "family": "chatglm",
                             "lora_targets": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")},
         notes=("remote-code checkpoint (trust_remote_code); prefer glm-4-9b-chat-hf, the transformers-native "
-               "copy of the same weights (PEERS pain 12)",)),
+               "copy of the same weights",)),
     "glm-4-9b-0414": ModelFacts("GLM-4-9B-0414", **{**_GLM4_9B, "family": "glm4", "context": 32768,
                                                     "norms_per_layer": 4}),
     "chatglm3-6b": ModelFacts(

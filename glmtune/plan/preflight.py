@@ -3,7 +3,7 @@
 fatal = the run would train on nothing useful (every sample cut, cutoff below the template's own
 length, a cloud-only model); train stops unless plan.strict=false. warn = likely a bad run (warm-up
 longer than 30% of the steps, tiny data × many epochs, lr far from the method's range, memory).
-The seed job (PEERS pain 1, 8, 11): cutoff 192 with a rubric prompt of ~700 tokens truncates every
+The job glmtune was first built for (the oral-scoring recipe, glmtune/tasks/oral_reading): cutoff 192 with a rubric prompt of ~700 tokens truncates every
 sample, and 100 warm-up steps are ~48% of a 210-step run — both caught here.
 """
 
@@ -82,7 +82,7 @@ def preflight(cfg, stats, facts, split: tuple[int, int] | None = None) -> list[F
     if sched.train < 1000 and sched.epochs > 5:
         out.append(Finding("warn", "forgetting_risk",
                            f"{sched.train} samples × {sched.epochs:g} epochs: small data seen many times over-fits "
-                           f"and erodes general ability (catastrophic forgetting, PEERS pain 8); prefer 3–5 epochs "
+                           f"and erodes general ability (catastrophic forgetting); prefer 3–5 epochs "
                            f"with early stopping on a validation split, or mix in general chat data"))
     lo, _, hi = lr_range(method)
     if t.lr > 3 * hi or t.lr < lo / 3:

@@ -1,4 +1,4 @@
-"""Continuous batching on the transformers backend (PEERS.md gap 7; LLaMA-Factory serves one request
+"""Continuous batching on the transformers backend (LLaMA-Factory serves one request
 at a time behind a semaphore, `hf_engine.py:70`).
 
 One scheduler thread owns the model. It keeps a running batch whose KV cache is left-padded to a

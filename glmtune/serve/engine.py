@@ -36,7 +36,7 @@ def is_prompt_learning(model) -> bool:
 
 
 def check_template(tokenizer, meta: dict, run_dir: Path) -> None:
-    """Train/serve template drift makes models ramble or never stop (PEERS.md row 9): refuse it."""
+    """Train/serve template drift makes models ramble or never stop (a known fine-tuning pitfall): refuse it."""
     from glmtune.train.trainer import template_hash
 
     want = meta.get("chat_template_sha256")

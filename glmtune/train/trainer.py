@@ -439,7 +439,7 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
 
 
 def forgetting_check(cfg, model, tok, loaded, out: Path) -> dict:
-    """Bundled general prompts, base vs tuned, at the end of training (PEERS.md row 8); red/green line."""
+    """Bundled general prompts, base vs tuned, at the end of training (catastrophic forgetting shows here); red/green line."""
     from peft import PeftModel
 
     from glmtune.evaluate.forgetting import forgetting_delta, load_items, render_forgetting, score_engine

@@ -1,5 +1,5 @@
-"""Every registered method × every tiny architecture, with the same relational assertions (DESIGN.md
-"Method matrix"): the right parameters train and the others do not move; loss falls on a memorisable set;
+"""Every registered method × every tiny architecture, with the same relational assertions (the method
+matrix of docs/architecture.md): the right parameters train and the others do not move; loss falls on a memorisable set;
 save -> load gives identical logits; merge gives the unmerged logits; batch 4 × GA 1 ≈ batch 1 × GA 4."""
 
 import pytest
