@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 VERBS: dict[str, str] = {
@@ -25,17 +24,21 @@ VERBS: dict[str, str] = {
     "web": "glmtune.web.app",
     "serve": "glmtune.serve.cli",
     "bench": "glmtune.serve.loadtest",
-    "oral": "glmtune.tasks.oral_reading.cli",
 }
+
+
+def verbs() -> dict[str, str]:
+    """The generic verbs, then each registered task's own (glmtune.tasks)."""
+    from glmtune.tasks import TASKS
+
+    return {**VERBS, **{t.verb: t.cli_module for t in TASKS.values() if t.verb and t.cli_module}}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glmtune", description=__import__("glmtune").__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     parser.verb_parsers = {}
-    for verb, module_name in VERBS.items():
-        if importlib.util.find_spec(module_name) is None:
-            continue
+    for verb, module_name in verbs().items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -53,7 +56,7 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
         return parser.parse_args(argv)  # --help, no verb, an unknown verb: argparse says what is wrong
     try:
         return verb_parser.parse_intermixed_args(argv[1:])
-    except TypeError:  # verbs with sub-commands (eval compare, oral build, ...): argparse cannot intermix those
+    except TypeError:  # verbs with sub-commands (eval compare, a task's sub-commands, ...): argparse cannot intermix those
         return verb_parser.parse_args(argv[1:])
 
 

@@ -60,7 +60,9 @@ class ColumnMap(Section):
 
 
 class DataSection(Section):
-    train: str = Field("demo", description="Training JSONL/JSON file, or 'demo' for the bundled oral-scoring set.")
+    train: str = Field(
+        "demo", description="Training JSONL/JSON file, or 'demo' for the bundled data of the default task "
+        "(glmtune.tasks).")
     validation: str | None = Field(None, description="Validation file; if empty, val_size is split off train.")
     test: str | None = Field(None, description="Held-out test file used by predict/eval; if empty, test_size is split off.")
     format: Literal["auto", "messages", "conversations", "sharegpt", "alpaca", "columns"] = Field(

@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--history-column", default=None)
     s = sub.add_parser("stats", help="token-length percentiles (prompt vs supervised) for the configured data")
     add_config_args(s)
-    s.add_argument("--oral-modes", action="store_true", help="also compare raw vs evidence oral prompts")
+    from glmtune.tasks import TASKS
+
+    for task in TASKS.values():  # tables a task adds to `data stats` (e.g. its prompt modes)
+        for extra in task.stats_flags:
+            s.add_argument(extra.flag, action="store_true", help=extra.help)
     r = sub.add_parser("render", help="the exact token ids training uses per sample, supervised tokens highlighted")
     r.add_argument("file", help="JSONL/JSON data file")
     add_config_args(r)
@@ -85,110 +89,10 @@ def _stats(args) -> int:
     console.print(f"cutoff_len {tp['cutoff_len']}: {tp['samples_over']} samples over ({tp['share_over']:.1%}), "
                   f"holding {tp['supervised_tokens_in_over']} supervised tokens; template overhead "
                   f"{st.template_overhead} tokens")
-    if args.oral_modes:
-        console.print(_oral_budget_table(tok))
+    from glmtune.tasks import TASKS
+
+    for task in TASKS.values():
+        for extra in task.stats_flags:
+            if getattr(args, extra.flag.lstrip("-").replace("-", "_"), False):
+                console.print(extra.table(tok))
     return 0
-
-
-def _oral_budget_table(tok, n: int = 240):
-    """Token lengths of the bundled oral set in `raw` (the user's format) vs `evidence` prompts."""
-    from rich.table import Table
-
-    from glmtune.tasks.oral_reading.build import build_sample
-    from glmtune.tasks.oral_reading.demo_data import demo_items, token_budget
-
-    items = demo_items(n, 0)
-    b = token_budget(tok, [build_sample(i, "raw", "rubric") for i in items],
-                     [build_sample(i, "evidence", "rubric") for i in items])
-    table = Table(title=f"oral prompts, {n} samples: raw vs evidence (tokens, {tok.name_or_path.split('/')[-1]})")
-    for col in ("mode", "p50", "p90", "max"):
-        table.add_column(col, justify="right")
-    for mode in ("raw", "evidence"):
-        table.add_row(mode, *(str(b[mode][k]) for k in ("p50", "p90", "max")))
-    table.caption = f"raw / evidence at p50: {b['ratio_p50']}×"
-    return table
-
-
-def _render(args) -> int:
-    import json
-    import sys
-
-    from glmtune.config.cli import config_from_args
-    from glmtune.data.dataset import render_sample
-    from glmtune.data.formats import read_file
-    from glmtune.data.render import Renderer
-    from glmtune.models.families import family_of
-    from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
-
-    cfg = config_from_args(args)
-    path = resolve_path(args.model or cfg.model.path)
-    tok = load_tokenizer(path, cfg.model.trust_remote_code, cfg.model.chat_template)
-    renderer = Renderer(tok, stop_token_ids(tok, family_of(model_type_of(path))), cfg.data.loss_on)
-    convs, issues = read_file(args.file, cfg.data.format, cfg.data.columns)
-    for issue in issues:
-        print(issue, file=sys.stderr)
-    convs = convs[: args.limit] if args.limit is not None else convs
-    console = None
-    if not args.json:
-        from rich.console import Console
-
-        console = Console(highlight=False)
-        console.print(f"{path.name}: {len(convs)} sample(s); [reverse] supervised [/reverse] tokens are the ones "
-                      f"the loss is computed on, [bold magenta]special[/bold magenta] tokens are real special tokens (text typed "
-                      f"in a message never is) (data.loss_on={cfg.data.loss_on}, cutoff_len={cfg.data.cutoff_len})")
-    dropped = 0
-    for conv in convs:
-        ex, skip = render_sample(conv, renderer, cfg.data)
-        if ex is None:
-            dropped += 1
-            print(f"{conv.source}: not trained on: {skip.reason}", file=sys.stderr)
-            continue
-        if args.json:
-            print(json.dumps({"line": conv.source.line, "input_ids": ex.input_ids, "labels": ex.labels}))
-        else:
-            _print_sample(console, tok, conv, ex, skip)
-    if issues or dropped:
-        print(f"{args.file}: {len(issues)} bad record(s), {dropped} sample(s) dropped", file=sys.stderr)
-    return 1 if issues else 0
-
-
-def _print_sample(console, tok, conv, ex, skip) -> None:
-    """Decoded text with supervised spans in reverse video, then the ids (supervised ones likewise)."""
-    from rich.rule import Rule
-    from rich.text import Text
-
-    from glmtune.data.render import IGNORE
-
-    flags = [x != IGNORE for x in ex.labels]
-    note = f" · truncated: {skip.reason}" if skip is not None else ""
-    console.print(Rule(f"{conv.source} · {len(ex.input_ids)} tokens · {ex.n_supervised} supervised{note}",
-                       align="left"))
-    special = set(tok.all_special_ids)
-    text, ids = Text(), Text()
-    i = 0
-    while i < len(flags):  # decode runs together, so characters spanning several tokens stay whole
-        kind = (flags[i], ex.input_ids[i] in special)
-        j = i
-        while j < len(flags) and (flags[j], ex.input_ids[j] in special) == kind:
-            j += 1
-        style = " ".join(s for s, on in (("reverse green", kind[0]), ("bold magenta", kind[1])) if on)
-        text.append(tok.decode(ex.input_ids[i:j], skip_special_tokens=False), style=style)
-        ids.append(" ".join(str(t) for t in ex.input_ids[i:j]) + " ", style=style)
-        i = j
-    console.print(text)
-    console.print(ids)
-    # The same in words, for logs and pipes where colours are lost: each supervised span, decoded, with its ids.
-    spans, cur = [], []
-    for t, f in zip(ex.input_ids, flags):
-        if f:
-            cur.append(t)
-        elif cur:
-            spans.append(cur)
-            cur = []
-    spans += [cur] if cur else []
-    for span in spans:
-        console.print(Text(f"supervised: {tok.decode(span, skip_special_tokens=False)!r} = {span}"))
-
-
-def run(args) -> int:
-    return {"check": _check, "stats": _stats, "render": _render}[args.action](args)

@@ -54,15 +54,10 @@ class Prepared:
 
 
 def demo_files(seed: int = 0) -> dict[str, Path]:
-    """The bundled oral-scoring demo set (synthetic ISE records, evidence prompts), built once and cached."""
-    from glmtune.models.tiny import cache_root
-    from glmtune.tasks.oral_reading.demo_data import build_demo_dataset
+    """The bundled demo set (`data.train=demo`), provided by the default task of `glmtune.tasks`."""
+    from glmtune.tasks import demo_files as task_demo_files
 
-    out = cache_root() / "demo-data" / f"oral-evidence-seed{seed}"
-    train, test = out / "train.jsonl", out / "test.jsonl"
-    if not (train.exists() and test.exists()):
-        return build_demo_dataset(out, seed=seed)
-    return {"train": train, "test": test}
+    return task_demo_files(seed)
 
 
 def _read(path: str, data_cfg, issues: list[DataIssue]) -> list[Conversation]:
@@ -77,7 +72,7 @@ def load_conversations(data_cfg, which: str = "train") -> tuple[list[Conversatio
     path = getattr(data_cfg, which)
     if path is None:
         return [], issues
-    if path == "demo" or (which == "test" and data_cfg.train == "demo" and path is None):
+    if path == "demo":
         path = str(demo_files(data_cfg.split_seed)["train" if which == "train" else "test"])
     return _read(path, data_cfg, issues), issues
 

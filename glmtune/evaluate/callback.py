@@ -30,7 +30,7 @@ class GenerationEvalCallback(TrainerCallback):
     def __init__(self, tokenizer, conversations: Sequence, every_n_steps: int, max_new_tokens: int = 64,
                  field_spec=None):
         """`conversations`: `Conversation`s or message lists ending with the reference assistant turn.
-        `field_spec`: a `FieldSpec`, its name ("oral") or YAML path; None logs only the non-empty rate.
+        `field_spec`: a `FieldSpec`, a built-in spec's name or YAML path; None logs only the non-empty rate.
         """
         from glmtune.evaluate.fields import FieldSpec
 

@@ -4,11 +4,17 @@ Metric definitions are versioned in code (`glmtune-text-1`, `glmtune-fields-1`, 
 fields.py) rather than configurable, so two reports with the same spec are always comparable.
 """
 
-from typing import Literal
-
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from glmtune.config.base import Section
+
+GENERIC_METRICS = ("text", "fields")
+
+
+def _default_field_spec() -> str | None:
+    from glmtune.tasks import default_field_spec
+
+    return default_field_spec()
 
 
 class EvalSection(Section):
@@ -16,11 +22,14 @@ class EvalSection(Section):
     batch_size: int = Field(8, ge=1, description="Prompts generated together (requests in flight for an endpoint).")
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding (reproducible).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling when temperature > 0.")
-    metrics: list[Literal["text", "fields", "oral"]] = Field(
-        default_factory=lambda: ["text", "fields"], description="Metric families written to the report."
+    metrics: list[str] = Field(
+        default_factory=lambda: list(GENERIC_METRICS),
+        description="Metric families written to the report: text, fields, or one a task registers (glmtune.tasks).",
     )
     field_spec: str | None = Field(
-        "oral", description="Structured-answer spec for 'fields' metrics: 'oral' or a YAML file path."
+        default_factory=_default_field_spec,
+        description="Structured-answer spec for 'fields' metrics: a built-in spec a task registers (the default "
+        "task's by default) or a YAML file path.",
     )
     forgetting: bool = Field(False, description="Run the bundled general-ability set on base and tuned models.")
     forgetting_set: str | None = Field(
@@ -39,3 +48,14 @@ class EvalSection(Section):
         "and field exact match (0 = off)."
     )
     during_training_samples: int = Field(8, ge=1, description="Validation conversations generated each time.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from glmtune.tasks import task_metrics
+
+        known = [*GENERIC_METRICS, *task_metrics()]
+        bad = [m for m in value if m not in known]
+        if bad:
+            raise ValueError(f"unknown metric famil{'y' if len(bad) == 1 else 'ies'} {bad}; one of {known}")
+        return value

@@ -1,5 +1,8 @@
 """Structured answers such as `语速:3;停顿:5;声母:3;韵母:3;声调:3;完整度:5;评语:...`.
 
+Built-in specs are registered by task recipes (glmtune.tasks: the oral task registers the line above as
+`oral`); any other format is a YAML file (`FieldSpec.load`).
+
 A `FieldSpec` names the fields, their value type (int | float | str), allowed values and the
 separators (half- and full-width by default, because models trained on `:`/`;` still emit `：`/`；`).
 `parse_answer` turns text into values plus a validity verdict; `score_fields` turns prediction and
@@ -15,7 +18,9 @@ Per field: `exact_match` is over every sample whose reference has the field (a m
 prediction counts as wrong); MAE / Pearson / Spearman / QWK / confusion are over the pairs where both
 sides parsed, and `n_pairs` / `coverage` say how many that was.
 
->>> spec = FieldSpec.builtin("oral")
+>>> spec = FieldSpec.from_dict({"name": "scores", "fields": [
+...     *({"name": n, "type": "int", "allowed": [1, 2, 3, 4, 5]} for n in ("语速", "停顿", "声母", "韵母", "声调", "完整度")),
+...     "评语"]})
 >>> a = parse_answer("语速：3；停顿:5;声母:3;韵母:3;声调:3;完整度:5;评语:好;很好", spec)
 >>> a.valid, a.values["语速"], a.values["评语"]
 (True, 3, '好;很好')
@@ -85,13 +90,14 @@ class FieldSpec:
 
     @classmethod
     def builtin(cls, name: str) -> FieldSpec:
-        if name != "oral":
-            raise ValueError(f"unknown built-in field spec {name!r}; built-in: oral (or give a YAML file)")
-        # The answer line of seed 000: six sub-scores banded 1..5 (完整度 too: the rubric bands it 5/3/1 like
-        # the others) and a comment; the same contract as tasks/oral_reading/answer.py.
-        bands = tuple(range(1, 6))
-        return cls("oral", tuple(Field(n, "int", bands) for n in ("语速", "停顿", "声母", "韵母", "声调", "完整度"))
-                   + (Field("评语", "str"),))
+        """A spec a task registers by name (glmtune.tasks: `Task.field_specs`)."""
+        from glmtune.tasks import builtin_field_spec, field_spec_names
+
+        spec = builtin_field_spec(name)
+        if spec is None:
+            raise ValueError(f"unknown built-in field spec {name!r}; built-in: {', '.join(field_spec_names())} "
+                             f"(or give a YAML file)")
+        return spec
 
     @classmethod
     def from_dict(cls, d: dict, default_name: str = "custom") -> FieldSpec:
@@ -113,14 +119,17 @@ class FieldSpec:
 
     @classmethod
     def load(cls, ref: str | Path) -> FieldSpec:
-        """`oral` or a YAML file path."""
-        if str(ref) == "oral":
-            return cls.builtin("oral")
+        """A built-in spec's name (registered by a task) or a YAML file path."""
+        from glmtune.tasks import field_spec_names
+
+        if str(ref) in field_spec_names():
+            return cls.builtin(str(ref))
         import yaml
 
         path = Path(ref)
         if not path.exists():
-            raise FileNotFoundError(f"field spec {ref!r}: not a built-in name (oral) and no such YAML file")
+            raise FileNotFoundError(f"field spec {ref!r}: not a built-in name ({', '.join(field_spec_names())}) "
+                                    f"and no such YAML file")
         try:
             return cls.from_dict(yaml.safe_load(path.read_text("utf-8")) or {}, path.stem)
         except (ValueError, TypeError) as err:

@@ -49,11 +49,11 @@ def build_report(rows: list[dict], *, field_spec=None, metrics=("text", "fields"
         for p, s in zip(per, fields.pop("per_sample")):
             p.update({"format_valid": s["valid"], "format_errors": s["errors"]})
         report["fields"] = fields
-    if "oral" in metrics:
-        report.setdefault("notes", []).append(
-            "metric family 'oral' is scored by `glmtune oral score` (task recipe), not by `glmtune eval`; "
-            "`oral score --baseline` (from `glmtune oral baseline`) puts the metrics-only learner, the bar to beat, "
-            "next to the model")
+    from glmtune.tasks import task_metrics
+
+    for family, note in task_metrics().items():  # scored by the task's own verb: say where
+        if family in metrics:
+            report.setdefault("notes", []).append(note)
     return report, per
 
 

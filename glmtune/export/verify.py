@@ -1,5 +1,6 @@
 """Check an export against the run it came from: logits of the merged folder vs base + trained part, and
-the rendered prompt ids of the exported tokenizer vs the run's (a template lost in export makes the served model ramble; LLaMA-Factory checks neither).
+the rendered prompt ids of the exported tokenizer vs the run's (a template lost in export makes the served
+model ramble; LLaMA-Factory checks neither).
 
 Streamed (the default, for the `model.layers.N` decoder stacks of STREAMABLE_TYPES): both models are built
 on the meta device from their configs (no weights) and their weights are read from the safetensors files

@@ -51,8 +51,11 @@ BUILD_VERSION = "1"
 
 
 def _corpus() -> str:
+    """The generic corpus plus the text each registered task wants tokenized compactly (its prompts)."""
+    from glmtune.tasks import tokenizer_texts
+
     assets = resources.files("glmtune") / "assets"
-    return (assets / "tiny_corpus.txt").read_text("utf-8") + "\n" + (assets / "oral_rubric_zh.txt").read_text("utf-8")
+    return "\n".join([(assets / "tiny_corpus.txt").read_text("utf-8"), *tokenizer_texts()])
 
 
 def cache_root() -> Path:

@@ -3,8 +3,9 @@
 fatal = the run would train on nothing useful (every sample cut, cutoff below the template's own
 length, a cloud-only model); train stops unless plan.strict=false. warn = likely a bad run (warm-up
 longer than 30% of the steps, tiny data × many epochs, lr far from the method's range, memory).
-The job glmtune was first built for (the oral-scoring recipe, glmtune/tasks/oral_reading): cutoff 192 with a rubric prompt of ~700 tokens truncates every
-sample, and 100 warm-up steps are ~48% of a 210-step run — both caught here.
+The job glmtune was first built for (the oral-scoring recipe, glmtune/tasks/oral_reading): cutoff 192
+with a rubric prompt of ~700 tokens truncates every sample, and 100 warm-up steps are ~48% of a 210-step
+run — both caught here.
 """
 
 from __future__ import annotations
