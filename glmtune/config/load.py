@@ -80,22 +80,46 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or start from defaults), apply overrides, validate."""
+def _read_tree(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
+    loaded = read_yaml(path) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return loaded
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section; a `method` of another name replaces the base's whole."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        same_method = not (key == "method" and isinstance(old, dict) and isinstance(value, dict)
+                           and value.get("name", old.get("name")) != old.get("name"))
+        if isinstance(old, dict) and isinstance(value, dict) and same_method:
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                base: str | Path | None = None, values: list[tuple[str, Any]] | None = None) -> RunConfig:
+    """Read a YAML file (or start from defaults), apply overrides, validate.
+
+    Layers, each over the one before: `base` (a run's config.yaml), the file `path`, the `section.key=value`
+    `overrides`, then `values` ((dotted key, value) pairs from a verb's own flags, e.g. `serve --port`)."""
     tree: dict = {}
-    source = "defaults"
-    if path:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a folder, not a config file")
-        loaded = read_yaml(path) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = loaded
-        source = str(path)
-    for key, value in parse_overrides(overrides or []):
+    sources = []
+    for layer in (base, path):
+        if layer:
+            tree = _merge(tree, _read_tree(layer))
+            sources.append(str(layer))
+    source = " + ".join(sources) or "defaults"
+    for key, value in [*parse_overrides(overrides or []), *(values or [])]:
         _set_dotted(tree, key, value)
     if isinstance(tree.get("method"), dict):
         from glmtune.methods import default_name

@@ -36,14 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="device the merge runs on: cpu, cuda, cuda:1 (export.device)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip verification (merged vs adapter; GGUF and bnb vs the merged model)")
-    parser.add_argument("items", nargs="*", metavar="key=value", help="config overrides, e.g. export.tolerance=1e-4")
+    from glmtune.config.cli import add_config_args
+
+    add_config_args(parser)
+
+
+# flags that name an export key: the run's config.yaml < config file < overrides < these
+FLAGS = {"size": "export.size", "dtype": "export.dtype", "device": "export.device",
+         "no_verify": ("export.verify", lambda v: False if v else None)}
+
+
+def export_config(args):
+    from glmtune.config.cli import config_from_args
+
+    return config_from_args(args, FLAGS).export
 
 
 def run(args) -> int:
     import sys
-    from pathlib import Path
 
-    from glmtune.config.load import load_config
     from glmtune.export.merge import ExportError
     from glmtune.export.pipeline import export_run
 
@@ -57,13 +68,7 @@ def run(args) -> int:
         print("error: --merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)",
               file=sys.stderr)
         return 1
-    run_cfg = Path(args.run) / "config.yaml"
-    cfg = load_config(run_cfg if run_cfg.exists() else None, list(args.items)).export
-    for key in ("size", "dtype", "device"):
-        if getattr(args, key):
-            setattr(cfg, key, getattr(args, key))
-    if args.no_verify:
-        cfg.verify = False
+    cfg = export_config(args)
     try:
         result = export_run(args.run, cfg, out_dir=args.out)
     except (ExportError, FileNotFoundError) as err:
@@ -75,17 +80,14 @@ def run(args) -> int:
 
 def _run_bnb(args) -> int:
     import sys
-    from pathlib import Path
 
-    from glmtune.config.load import load_config
     from glmtune.export.bnb import export_bnb
     from glmtune.export.merge import ExportError
 
-    run_cfg = Path(args.run) / "config.yaml" if args.run else None
-    cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
+    cfg = export_config(args)
     try:
         out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
-                         verify=not args.no_verify)
+                         verify=cfg.verify)
     except (ExportError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -95,20 +97,14 @@ def _run_bnb(args) -> int:
 
 def _run_gguf(args) -> int:
     import sys
-    from pathlib import Path
 
-    from glmtune.config.load import load_config
     from glmtune.export.gguf import export_gguf
     from glmtune.export.merge import ExportError
 
-    run_cfg = Path(args.run) / "config.yaml" if args.run else None
-    cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
-    for key in ("size", "dtype", "device"):
-        if getattr(args, key):
-            setattr(cfg, key, getattr(args, key))
+    cfg = export_config(args)
     try:
         result = export_gguf(args.run or args.merged, args.quant, out_dir=args.out, cfg=cfg,
-                             verify=not args.no_verify, modelfile=not args.no_modelfile, system=args.system)
+                             verify=cfg.verify, modelfile=not args.no_modelfile, system=args.system)
     except (ExportError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -45,9 +45,10 @@ class ChatSession:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder")
-    src.add_argument("--model", help="model folder (plain, exported, or tiny:glm4)")
+    from glmtune.config.cli import add_config_args, add_source_args
+
+    add_source_args(parser)
+    add_config_args(parser)
     parser.add_argument("--prompt", help="answer this one question and exit")
     parser.add_argument("--stateless", action="store_true", help="send every question alone (no history)")
     parser.add_argument("--system", help="system prompt")
@@ -55,10 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
 
 
-def load_engine(args):
+def load_engine(args, cfg=None):
+    """The engine of `--run` or `--model` (with the config's model.trust_remote_code and model.dtype)."""
+    from glmtune.config.cli import config_from_args
     from glmtune.serve.engine import HFEngine
 
-    return HFEngine.from_run(args.run) if args.run else HFEngine.from_model_dir(args.model)
+    cfg = cfg or config_from_args(args)  # validated with --run too: a bad override is an error, not ignored
+    if args.run:
+        return HFEngine.from_run(args.run)
+    return HFEngine.from_model_dir(args.model, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype)
 
 
 def answer(engine, session: ChatSession, question: str, max_new_tokens: int, temperature: float = 0.0,

@@ -25,9 +25,9 @@ def parse_adapters(items: list[str]) -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder (base + its adapter or weights)")
-    src.add_argument("--model", help="model folder (plain, exported, or tiny:glm4)")
+    from glmtune.config.cli import add_config_args, add_source_args
+
+    add_source_args(parser)
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="extra LoRA adapter (run or adapter folder) selectable by `model`; repeatable")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf",
@@ -35,21 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on the run's export or its base + LoRA")
     parser.add_argument("--host", help="bind address (serve.host; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (serve.port)")
-    parser.add_argument("items", nargs="*", metavar="key=value", help="overrides such as serve.max_queue=32")
+    add_config_args(parser)
+
+
+FLAGS = {"host": "serve.host", "port": "serve.port"}
 
 
 def serve_config(args):
-    from pathlib import Path
+    """The serve section: the run's config.yaml, then the config file, then overrides, then --host/--port."""
+    from glmtune.config.cli import config_from_args
 
-    from glmtune.config.load import load_config
-
-    run_cfg = Path(args.run) / "config.yaml" if args.run else None
-    cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).serve
-    if args.host:
-        cfg.host = args.host
-    if args.port:
-        cfg.port = args.port
-    return cfg
+    return config_from_args(args, FLAGS).serve
 
 
 def run(args) -> int:

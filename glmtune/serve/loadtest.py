@@ -158,16 +158,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--api-key")
+    parser.add_argument("--api-key", help="the server's key (serve.api_key)")
     parser.add_argument("--data", help="JSON/JSONL of {'messages': [...]} records to use as prompts")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--timeout", type=float, help="seconds per request (serve.request_timeout_s, default 120)")
     parser.add_argument("--out", help="folder for loadtest.json and loadtest.png")
+    from glmtune.config.cli import add_config_args
+
+    add_config_args(parser)
+
+
+# bench talks to a server started with the same config: its key and its per-request time limit
+FLAGS = {"api_key": "serve.api_key", "timeout": "serve.request_timeout_s"}
 
 
 def run(args) -> int:
+    from glmtune.config.cli import config_from_args
+
+    cfg = config_from_args(args, FLAGS).serve
     conc = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    result = bench_serve(args.url, conc, args.requests, args.max_tokens, args.model, args.api_key,
-                         load_prompts(args.data), args.timeout, args.out)
+    result = bench_serve(args.url, conc, args.requests, args.max_tokens, args.model, cfg.api_key,
+                         load_prompts(args.data), cfg.request_timeout_s, args.out)
     print(table(result["levels"]))
     if args.out:
         print(f"wrote {args.out}/loadtest.json and loadtest.png")

@@ -11,31 +11,42 @@ import argparse
 HELP = "Write predictions for a JSONL test split with a trained run or a model folder (resumable)."
 
 
+FLAGS = {"batch_size": "eval.batch_size", "max_new_tokens": "eval.max_new_tokens", "temperature": "eval.temperature"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder from glmtune train (base + trained adapter)")
-    src.add_argument("--model", help="plain or exported model folder, or tiny:glm4")
-    parser.add_argument("--test", required=True, help="JSONL/JSON test file in any supported format")
+    from glmtune.config.cli import add_config_args, add_source_args
+
+    add_source_args(parser)
+    parser.add_argument("--test", help="JSONL/JSON test file in any supported format (default: data.test)")
     parser.add_argument("--out", required=True, help="predictions JSONL to write")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, help="eval.batch_size (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, help="eval.max_new_tokens (default 128)")
+    parser.add_argument("--temperature", type=float, help="eval.temperature (default 0: greedy)")
+    add_config_args(parser)
 
 
 def run(args) -> int:
+    from glmtune.config.cli import config_from_args
+    from glmtune.config.load import ConfigError
     from glmtune.data.formats import read_file
     from glmtune.evaluate.generate import generate_predictions, items_from_conversations
-    from glmtune.serve.engine import HFEngine
+    from glmtune.serve.chat_cli import load_engine
 
-    convs, issues = read_file(args.test)
+    cfg = config_from_args(args, FLAGS)
+    test = args.test or cfg.data.test
+    if not test:
+        raise ConfigError("no test set: give --test FILE or data.test=FILE")
+    convs, issues = read_file(test)
     for issue in issues:
         print(f"skipped: {issue}")
     items, problems = items_from_conversations(convs)
     for p in problems:
         print(f"skipped: {p}")
-    engine = HFEngine.from_run(args.run) if args.run else HFEngine.from_model_dir(args.model)
-    res = generate_predictions(engine, items, args.out, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    engine = load_engine(args, cfg)
+    e = cfg.eval
+    res = generate_predictions(engine, items, args.out, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
+                               temperature=e.temperature)
     print(f"{len(res['rows'])} predictions in {args.out} ({res['resumed']} already there, {res['generated']} new, "
           f"{len(issues) + len(problems)} samples skipped)")
     return 0

@@ -15,9 +15,10 @@ HELP = "Web chat (gradio) with a run or model, bound to 127.0.0.1."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder")
-    src.add_argument("--model", help="model folder (plain, exported, or tiny:glm4)")
+    from glmtune.config.cli import add_config_args, add_source_args
+
+    add_source_args(parser)
+    add_config_args(parser)
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (keep 127.0.0.1 unless you mean to expose it)")
     parser.add_argument("--max-new-tokens", type=int, default=256)

@@ -67,7 +67,8 @@ def torchrun_command(args) -> list[str]:
         cmd += ["--standalone"]  # single machine: torchrun picks a free local port itself
     else:
         cmd += ["--master_addr", str(addr or "127.0.0.1"), "--master_port", str(port or 29500)]
-    return cmd + ["-m", "glmtune", "train", *args.items]
+    config = ["--config", args.config_file] if getattr(args, "config_file", None) else []
+    return cmd + ["-m", "glmtune", "train", *config, *args.items]
 
 
 def relaunch(args, cfg) -> int:
