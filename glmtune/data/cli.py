@@ -96,3 +96,89 @@ def _stats(args) -> int:
             if getattr(args, extra.flag.lstrip("-").replace("-", "_"), False):
                 console.print(extra.table(tok))
     return 0
+
+
+
+def _render(args) -> int:
+    import json
+    import sys
+
+    from glmtune.config.cli import config_from_args
+    from glmtune.data.dataset import render_sample
+    from glmtune.data.formats import read_file
+    from glmtune.data.render import Renderer
+    from glmtune.models.families import family_of
+    from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
+
+    cfg = config_from_args(args)
+    path = resolve_path(args.model or cfg.model.path)
+    tok = load_tokenizer(path, cfg.model.trust_remote_code, cfg.model.chat_template)
+    renderer = Renderer(tok, stop_token_ids(tok, family_of(model_type_of(path))), cfg.data.loss_on)
+    convs, issues = read_file(args.file, cfg.data.format, cfg.data.columns)
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    convs = convs[: args.limit] if args.limit is not None else convs
+    console = None
+    if not args.json:
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        console.print(f"{path.name}: {len(convs)} sample(s); [reverse] supervised [/reverse] tokens are the ones "
+                      f"the loss is computed on, [bold magenta]special[/bold magenta] tokens are real special tokens (text typed "
+                      f"in a message never is) (data.loss_on={cfg.data.loss_on}, cutoff_len={cfg.data.cutoff_len})")
+    dropped = 0
+    for conv in convs:
+        ex, skip = render_sample(conv, renderer, cfg.data)
+        if ex is None:
+            dropped += 1
+            print(f"{conv.source}: not trained on: {skip.reason}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"line": conv.source.line, "input_ids": ex.input_ids, "labels": ex.labels}))
+        else:
+            _print_sample(console, tok, conv, ex, skip)
+    if issues or dropped:
+        print(f"{args.file}: {len(issues)} bad record(s), {dropped} sample(s) dropped", file=sys.stderr)
+    return 1 if issues else 0
+
+
+def _print_sample(console, tok, conv, ex, skip) -> None:
+    """Decoded text with supervised spans in reverse video, then the ids (supervised ones likewise)."""
+    from rich.rule import Rule
+    from rich.text import Text
+
+    from glmtune.data.render import IGNORE
+
+    flags = [x != IGNORE for x in ex.labels]
+    note = f" · truncated: {skip.reason}" if skip is not None else ""
+    console.print(Rule(f"{conv.source} · {len(ex.input_ids)} tokens · {ex.n_supervised} supervised{note}",
+                       align="left"))
+    special = set(tok.all_special_ids)
+    text, ids = Text(), Text()
+    i = 0
+    while i < len(flags):  # decode runs together, so characters spanning several tokens stay whole
+        kind = (flags[i], ex.input_ids[i] in special)
+        j = i
+        while j < len(flags) and (flags[j], ex.input_ids[j] in special) == kind:
+            j += 1
+        style = " ".join(s for s, on in (("reverse green", kind[0]), ("bold magenta", kind[1])) if on)
+        text.append(tok.decode(ex.input_ids[i:j], skip_special_tokens=False), style=style)
+        ids.append(" ".join(str(t) for t in ex.input_ids[i:j]) + " ", style=style)
+        i = j
+    console.print(text)
+    console.print(ids)
+    # The same in words, for logs and pipes where colours are lost: each supervised span, decoded, with its ids.
+    spans, cur = [], []
+    for t, f in zip(ex.input_ids, flags):
+        if f:
+            cur.append(t)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    spans += [cur] if cur else []
+    for span in spans:
+        console.print(Text(f"supervised: {tok.decode(span, skip_special_tokens=False)!r} = {span}"))
+
+
+def run(args) -> int:
+    return {"check": _check, "stats": _stats, "render": _render}[args.action](args)

@@ -2,7 +2,7 @@
 
 Measured: parameter storages (4-bit packed weights + constants for QLoRA), gradients, AdamW states after
 a real `step()`, and activations = every tensor autograd saved for backward, tallied by a
-`saved_tensors_hooks` pack hook and deduplicated by storage (`glmtune.plan.measure.measure_step_memory`).
+`saved_tensors_hooks` pack hook and deduplicated by storage (`memory_tally.measure_step_memory`, tests/plan/memory_tally.py).
 
 Tolerance ±20% on the total and on activations (observed: within 6% for all five cases). Why not
 tighter: the estimator is a closed formula per
@@ -15,9 +15,9 @@ saving — moves the tiny model's totals by far more than 20%, so the test still
 
 import pytest
 import torch
+from memory_tally import measure_step_memory
 
 from glmtune.plan.facts import model_facts
-from glmtune.plan.measure import measure_step_memory
 from glmtune.plan.memory import MemorySetup, estimate
 from glmtune.train.loss import plain_loss_sum
 

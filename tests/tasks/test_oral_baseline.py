@@ -130,7 +130,7 @@ def test_cli_synth_baseline_and_score_side_by_side(tmp_path):
 
 
 def test_demo_report_puts_the_learner_next_to_the_tuned_model(tmp_path):
-    from glmtune.demo import _conclusion, _learner_predictions
+    from glmtune.tasks.oral_reading.demo_report import _conclusion, _learner_predictions
     from glmtune.tasks.oral_reading.demo_data import build_demo_dataset
     from glmtune.tasks.oral_reading.score import score_answers
 

@@ -20,7 +20,6 @@ FRAMES_PER_SECOND = 100  # §2.2: beg_pos/end_pos/time_len are 10 ms frames
 
 DP_NORMAL, DP_OMIT, DP_INSERT, DP_REPEAT, DP_SUB = 0, 16, 32, 64, 128
 REFERENCE_DP = frozenset({DP_NORMAL, DP_OMIT, DP_SUB})  # §0.4: N counts dp 0/16/128
-DP_ECHOES = frozenset({DP_OMIT, DP_INSERT, DP_REPEAT})  # §2.4: perr_msg echoes these values
 NEUTRAL_TONE_DIGITS = frozenset({0, 5, 6, 7, 8, 9})  # §2.8: 0 and 5-9 all mean neutral
 
 WARNING_KINDS = {

@@ -99,14 +99,3 @@ def export(src: Path, dst: Path, max_tokens: int = DEFAULT_MAX_TOKENS,
             out.write(json.dumps(obj, ensure_ascii=False) + "\n")
             report.written += 1
     return report
-
-
-def validate_file(path: Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
-    out = []
-    for n, line in enumerate(Path(path).read_text("utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.extend(f"{path}:{n}: {p}" for p in validate_sample(json.loads(line), max_tokens))
-            except json.JSONDecodeError as err:
-                out.append(f"{path}:{n}: invalid JSON ({err.msg})")
-    return out
