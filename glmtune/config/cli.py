@@ -17,11 +17,12 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def add_source_args(parser: argparse.ArgumentParser, *, required: bool = True):
     """`--run RUN | --model MODEL`, the model a verb loads; returns the group so a verb can add its own
-    alternatives (export's `--merged`). `--model` is `model.path`: the config's model section applies to it."""
+    alternatives (export's `--merged`). chat, webchat and predict load `--model` with the config's
+    model.trust_remote_code and model.dtype."""
     src = parser.add_mutually_exclusive_group(required=required)
     src.add_argument("--run", help="run folder from glmtune train (base + what it trained; its config.yaml is "
                                    "the base of this verb's config)")
-    src.add_argument("--model", help="model folder (plain, exported, GGUF) or tiny:glm4 (model.path)")
+    src.add_argument("--model", help="model folder (plain, exported, GGUF) or tiny:glm4")
     return src
 
 
