@@ -175,6 +175,8 @@ class HFEngine:
             return
         from transformers import TextIteratorStreamer
 
+        from glmtune.serve.detok import strip_stream
+
         torch = self._torch
         ids = torch.tensor([self.prompt_ids(messages)], device=self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -192,13 +194,8 @@ class HFEngine:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        first = True
-        for piece in streamer:
-            if first:
-                piece = piece.lstrip("\n")  # GLM answers start with the newline after <|assistant|>
-                first = False
-            if piece:
-                yield piece
+        # GLM answers start with the newline after <|assistant|> (and ChatGLM3's with a word-start space too)
+        yield from strip_stream(streamer)
         thread.join()
         if failure:
             err = failure[0]
