@@ -7,7 +7,13 @@ The mechanism is picked here from the model family, and nowhere else:
   the prefix as a pre-filled KV cache. With transformers 5 that is a `DynamicCache`; generation with the
   cache gives the same greedy tokens as full re-computation without it (tests/methods/test_ptuning.py).
   This is the model-agnostic route the peers lack (PEERS.md pain points 2-3).
-* remote-code ChatGLM-6B / ChatGLM2 / ChatGLM3 (`family.prefix_mechanism == "pre_seq_len"`): the model's
+* ChatGLM2/ChatGLM3/glm-4-9b-chat checkpoints, which glmtune converts to native `Glm` (models/convert.py), take
+  the PEFT route too, with the prefix encoder shaped as the official demos' `PrefixEncoder` (ChatGLM3
+  `modeling_chatglm.py`, used by `finetune_demo` with `pre_seq_len`): without projection one embedding
+  [pre_seq_len, layers*2*kv_heads*head_dim] (that is PEFT's own layout, so the flattened prefix is the same
+  tensor); with `prefix_projection` an embedding of that full width -> Linear(width, hidden_size) -> tanh ->
+  Linear(hidden_size, width). See `official_prefix_encoder`.
+* remote-code ChatGLM-6B (and any ChatGLM the loader keeps on its remote code) (`family.prefix_mechanism == "pre_seq_len"`): the model's
   own `transformer.prefix_encoder`, switched on by `pre_seq_len`/`prefix_projection` in its config before
   the model is built (`config_overrides`); only that encoder trains, as in THUDM's `ptuning/main.py`.
 
@@ -43,7 +49,8 @@ class PtuningConfig(Section):
         "instead of learning it directly; helps some tasks, costs more parameters."
     )
     prefix_hidden: int = Field(
-        512, ge=1, description="Hidden size of that MLP (PEFT models; remote-code ChatGLM uses its hidden_size)."
+        512, ge=1, description="Hidden size of that MLP (PEFT models; ChatGLM2/3 and glm-4-9b-chat, converted or "
+        "remote-code, use the model's hidden_size as the official demos do, unless this is set)."
     )
 
 
@@ -57,6 +64,35 @@ def _remote_prefix_encoder(model):
     except AttributeError:
         raise ValueError(f"{type(model).__name__}: no transformer.prefix_encoder; was pre_seq_len set in the "
                          "model config before loading? (config_overrides)") from None
+
+
+def converted_chatglm(path) -> bool:
+    """True for a folder glmtune converted from a ChatGLM2/3 or glm-4-9b-chat remote-code checkpoint."""
+    from glmtune.models.convert import NOTE_FILE
+
+    return path is not None and (Path(path) / NOTE_FILE).exists()
+
+
+def official_prefix_encoder(peft_model, hidden_size: int) -> None:
+    """Give a PEFT prefix encoder (prefix_projection=True) the official ChatGLM shape: Embedding(P, W) ->
+    Linear(W, hidden_size) -> tanh -> Linear(hidden_size, W), W = layers * 2 * kv_heads * head_dim (ChatGLM3's
+    `PrefixEncoder`). PEFT's own is Embedding(P, W / (2 * layers)) -> Linear(., encoder_hidden) -> tanh -> Linear(., W).
+    PEFT's forward, save (the flattened [P, W] prefix, `prompt_embeddings`) and load work unchanged: they only
+    call `embedding` and `transform` and read the output width W. Written here because PEFT has no option for it.
+    """
+    import torch
+
+    for name, enc in peft_model.prompt_encoder.items():
+        if not getattr(enc, "prefix_projection", False) or not hasattr(enc, "transform"):
+            continue
+        width = enc.transform[-1].out_features
+        dtype = enc.embedding.weight.dtype
+        device = enc.embedding.weight.device
+        enc.embedding = torch.nn.Embedding(peft_model.peft_config[name].num_virtual_tokens, width,
+                                           device=device, dtype=dtype)
+        enc.transform = torch.nn.Sequential(torch.nn.Linear(width, hidden_size, device=device, dtype=dtype),
+                                            torch.nn.Tanh(),
+                                            torch.nn.Linear(hidden_size, width, device=device, dtype=dtype))
 
 
 def checkpoint_safe_prefix(peft_model) -> None:
@@ -126,9 +162,15 @@ class PtuningMethod(Method):
             return model
         from peft import PrefixTuningConfig, get_peft_model
 
+        official = converted_chatglm(getattr(loaded, "path", None))
+        hidden = cfg.prefix_hidden
+        if official and "prefix_hidden" not in cfg.model_fields_set:
+            hidden = model.config.hidden_size  # the official ChatGLM prefix MLP width
         peft_cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.pre_seq_len,
-                                      prefix_projection=cfg.prefix_projection, encoder_hidden_size=cfg.prefix_hidden)
+                                      prefix_projection=cfg.prefix_projection, encoder_hidden_size=hidden)
         model = get_peft_model(model, peft_cfg)
+        if official and cfg.prefix_projection:
+            official_prefix_encoder(model, hidden)
         if train_cfg.precision == "pure_bf16":
             model.prompt_encoder.to(model.get_base_model().dtype)  # PEFT builds the prefix in fp32 otherwise
         if train_cfg.gradient_checkpointing:

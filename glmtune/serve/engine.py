@@ -83,8 +83,7 @@ class HFEngine:
         from glmtune.config.load import load_config
         from glmtune.config.schema import ModelSection
         from glmtune.methods import get
-        from glmtune.models.families import family_of
-        from glmtune.models.load import load, model_type_of, resolve_path
+        from glmtune.models.load import load, resolve_path, route_family
 
         run_dir = Path(run_dir)
         meta_path = run_dir / "method.json"
@@ -102,7 +101,7 @@ class HFEngine:
         loaded = load(base_cfg, cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32",
                       quantization_config=method.quantization(cfg.method, cfg.train),
                       config_overrides=method.config_overrides(
-                          cfg.method, family_of(model_type_of(resolve_path(meta["base"])))))
+                          cfg.method, route_family(resolve_path(meta["base"]))))
         check_template(loaded.tokenizer, meta, run_dir)
         model = method.load_trained(loaded, run_dir / meta["artifact"], cfg.method)
         return cls(model, loaded.tokenizer, loaded.family, name or run_dir.name)
