@@ -4,7 +4,11 @@ tests/fixtures/make_chatglm_logits.py ran the ORIGINAL ChatGLM3 modeling code (t
 `pre_seq_len`/`prefix_projection` set in its config, i.e. with its own `PrefixEncoder`, and saved that encoder's
 weights (`prefix_encoder.safetensors`) and the logits. Here glmtune converts the base to native Glm, prepares its
 P-Tuning (PEFT prefix, official encoder shape), puts the official encoder weights in, and must give the same logits
-and greedy tokens; the adapter it saves loads back on a fresh conversion and gives them again.
+and greedy tokens (through PEFT's forward, as in training, and through the batching engine that serves and
+predicts); the adapter it saves loads back on a fresh conversion and gives them again.
+
+ChatGLM3 numbers the real tokens from 0 behind its prefix, PEFT after it; glmtune's `official_prefix_positions`
+makes them agree (without it: max |dlogit| 0.27 / 1.57 on these fixtures, see test_numbering_matters).
 """
 
 import json
@@ -57,31 +61,16 @@ def _prepared(variant, tmp_path, monkeypatch):
     return model.eval(), ref, official, cfg, method, loaded
 
 
-def _forward(model, ids):
-    """The model with its learned prefix, run as glmtune's batching engine runs it (the base model, a KV cache
-    started from `get_prompt`), with ChatGLM3's position numbering: the real tokens count from 0 behind the
-    prefix. (PEFT's own forward, used in training, counts them after the virtual tokens; the prefix keys are not
-    rotated, so that numbering gives other logits: 0.27 / 1.57 max |dlogit| on these two fixtures.)"""
-    from transformers import DynamicCache
-
-    prompt = model.get_prompt(batch_size=ids.shape[0])
-    cache = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in prompt.layers])
-    n_virtual = prompt.layers[0].keys.shape[2]
-    return model.get_base_model()(
-        input_ids=ids, past_key_values=cache, position_ids=torch.arange(ids.shape[1])[None],
-        attention_mask=torch.ones(ids.shape[0], n_virtual + ids.shape[1], dtype=torch.long)).logits
-
-
 def _check_reference(model, ref, variant):
     ids = torch.tensor([ref["input_ids"]])
     want = load_file(str(EQUIV / variant / "reference_logits.safetensors"))["logits"]
     with torch.no_grad():
-        got = _forward(model, ids)[0]
+        got = model(input_ids=ids).logits[0]  # PEFT's forward: the path training takes
         delta = (got - want).abs().max().item()
         assert delta < 1e-5, f"{variant}: max |dlogit| {delta}"
         seq = ids
         for _ in ref["greedy_ids"]:
-            seq = torch.cat([seq, _forward(model, seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert seq[0, ids.shape[1]:].tolist() == ref["greedy_ids"]
     return got
 
@@ -104,6 +93,7 @@ def test_prefix_projection_is_the_official_mlp(tmp_path, monkeypatch):
     """The KV prefix the model attends to = tanh MLP of the official encoder, computed here independently:
     Linear(W, hidden_size) -> tanh -> Linear(hidden_size, W) on Embedding(pre_seq_len, W), W = layers*2*kv*hd,
     split per layer as ChatGLM3's get_prompt does (view [P, layers*2, kv_heads, hd], keys then values)."""
+    assert json.loads((EQUIV / "chatglm3-6b-ptuning-projection" / "config.json").read_text()).get("rope_ratio", 1) == 1
     variant = "chatglm3-6b-ptuning-projection"
     model, ref, off, _, _, loaded = _prepared(variant, tmp_path, monkeypatch)
     c = loaded.model.config
@@ -116,8 +106,16 @@ def test_prefix_projection_is_the_official_mlp(tmp_path, monkeypatch):
         prompt = model.get_prompt(batch_size=1)
     layers = prompt.layers
     assert len(layers) == c.num_hidden_layers
+    # keys are then turned by position P (official_prefix_positions): the first half of each head (ChatGLM's
+    # rotary part) in interleaved pairs (x0, x1) by angle P * theta^(-j / (head_dim / 4)), theta = 10000
+    rot = c.head_dim // 2
+    angle = P * 10000.0 ** (-torch.arange(rot // 2, dtype=torch.float64) / (rot // 2))
+    cos, sin = angle.cos().float(), angle.sin().float()
     for i, layer in enumerate(layers):
-        torch.testing.assert_close(layer.keys[0], kv[2 * i], rtol=0, atol=1e-6)
+        k = kv[2 * i].clone()
+        x0, x1 = k[..., 0:rot:2].clone(), k[..., 1:rot:2].clone()
+        k[..., 0:rot:2], k[..., 1:rot:2] = x0 * cos - x1 * sin, x1 * cos + x0 * sin
+        torch.testing.assert_close(layer.keys[0], k, rtol=0, atol=1e-5)
         torch.testing.assert_close(layer.values[0], kv[2 * i + 1], rtol=0, atol=1e-6)
 
 
@@ -131,3 +129,38 @@ def test_prefix_hidden_defaults_to_the_model_width_on_converted_chatglm(tmp_path
             if (tmp_path / f"w{width}").mkdir() is None else None
         model = get("ptuning").prepare(fresh, cfg.method, cfg.train)
         assert model.prompt_encoder["default"].transform[0].out_features == width
+
+
+@pytest.mark.parametrize("variant", ["chatglm3-6b-ptuning-projection"])
+def test_batching_engine_answers_as_the_original_code(variant, tmp_path, monkeypatch):
+    """Serve/predict/chat generate through the batching engine (KV cache started from the prefix): its greedy
+    tokens are the original code's (which recomputed the whole sequence each step)."""
+    from glmtune.serve.batching import BatchingEngine
+    from glmtune.serve.engine import HFEngine
+
+    model, ref, _, _, _, loaded = _prepared(variant, tmp_path, monkeypatch)
+    engine = HFEngine(model, loaded.tokenizer, loaded.family)
+    engine.stop_ids = []  # random weights: compare every one of the reference's greedy tokens
+    be = BatchingEngine(engine, max_batch_size=2)
+    try:
+        got = be.generate(list(ref["input_ids"]), max_new_tokens=len(ref["greedy_ids"])).tokens
+    finally:
+        be.close()
+    assert got == ref["greedy_ids"]
+
+
+def test_numbering_matters(tmp_path, monkeypatch):
+    """Without the official numbering the same prefix gives other logits: the fixture can tell them apart."""
+    from transformers import DynamicCache
+
+    variant = "chatglm3-6b-ptuning"
+    model, ref, _, _, _, _ = _prepared(variant, tmp_path, monkeypatch)
+    want = load_file(str(EQUIV / variant / "reference_logits.safetensors"))["logits"]
+    ids = torch.tensor([ref["input_ids"]])
+    with torch.no_grad():
+        raw = model.prompt_encoder["default"](model.prompt_tokens["default"][None])
+        c = model.get_base_model().config
+        kv = raw.view(1, -1, c.num_hidden_layers * 2, c.num_key_value_heads, c.head_dim).permute(2, 0, 3, 1, 4)
+        cache = DynamicCache(ddp_cache_data=[(kv[2 * i], kv[2 * i + 1]) for i in range(c.num_hidden_layers)])
+        peft_numbering = model.get_base_model()(input_ids=ids, past_key_values=cache).logits[0]
+    assert (peft_numbering - want).abs().max().item() > 1e-2
