@@ -84,7 +84,8 @@ def test_official_prefix_on_converted_model_equals_original_code(variant, tmp_pa
     assert (got - base).abs().max().item() > 1e-2, "the prefix must change the answer (else this test proves nothing)"
     # the adapter glmtune saves loads back on a fresh conversion of the same folder and answers the same
     method.save_trained(model, tmp_path / "adapter")
-    again = _load_converted(variant, tmp_path / "again", monkeypatch) if (tmp_path / "again").mkdir() is None else None
+    (tmp_path / "again").mkdir()
+    again = _load_converted(variant, tmp_path / "again", monkeypatch)
     reloaded = method.load_trained(again, tmp_path / "adapter", cfg.method)
     _check_reference(reloaded.eval(), ref, variant)
 
@@ -125,8 +126,8 @@ def test_prefix_hidden_defaults_to_the_model_width_on_converted_chatglm(tmp_path
     for extra, width in (([], loaded.model.config.hidden_size), (["method.prefix_hidden=24"], 24)):
         cfg = load_config(None, ["method.name=ptuning", "method.pre_seq_len=3", "method.prefix_projection=true",
                                  "train.gradient_checkpointing=false", *extra])
-        fresh = _load_converted("chatglm3-6b-ptuning-projection", tmp_path / f"w{width}", monkeypatch) \
-            if (tmp_path / f"w{width}").mkdir() is None else None
+        (tmp_path / f"w{width}").mkdir()
+        fresh = _load_converted("chatglm3-6b-ptuning-projection", tmp_path / f"w{width}", monkeypatch)
         model = get("ptuning").prepare(fresh, cfg.method, cfg.train)
         assert model.prompt_encoder["default"].transform[0].out_features == width
 
@@ -164,3 +165,16 @@ def test_numbering_matters(tmp_path, monkeypatch):
         cache = DynamicCache(ddp_cache_data=[(kv[2 * i], kv[2 * i + 1]) for i in range(c.num_hidden_layers)])
         peft_numbering = model.get_base_model()(input_ids=ids, past_key_values=cache).logits[0]
     assert (peft_numbering - want).abs().max().item() > 1e-2
+
+
+def test_resuming_a_projection_prefix_is_refused_not_wrong(tmp_path, monkeypatch):
+    """A Trainer resume loads the saved (projected) prefix into the training encoder: with the official shape it
+    would fit and be projected twice; glmtune refuses with a one-line error instead."""
+    from glmtune.train.launch import ResumeError
+
+    model, *_ = _prepared("chatglm3-6b-ptuning-projection", tmp_path, monkeypatch)
+    saved = model.get_prompt_embedding_to_save("default")
+    from peft.utils import set_peft_model_state_dict  # what PeftModel.load_adapter (Trainer resume) calls
+
+    with pytest.raises(ResumeError, match="prefix_projection"):
+        set_peft_model_state_dict(model, {"prompt_embeddings": saved})
