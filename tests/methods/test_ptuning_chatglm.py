@@ -178,3 +178,27 @@ def test_resuming_a_projection_prefix_is_refused_not_wrong(tmp_path, monkeypatch
 
     with pytest.raises(ResumeError, match="prefix_projection"):
         set_peft_model_state_dict(model, {"prompt_embeddings": saved})
+
+
+def test_prefix_served_as_an_extra_adapter_answers_as_the_original_code(tmp_path, monkeypatch):
+    """`glmtune serve --model CHATGLM3_FOLDER --adapter pt=ADAPTER`: the adapter loaded next to the base keeps
+    ChatGLM's numbering, so its greedy tokens are still the original code's; the base answers differently."""
+    from glmtune.serve.batching import BASE, BatchingEngine
+    from glmtune.serve.loading import load_served
+
+    variant = "chatglm3-6b-ptuning-projection"  # its greedy tokens differ under PEFT numbering
+    model, ref, _, _, method, _ = _prepared(variant, tmp_path, monkeypatch)
+    method.save_trained(model, tmp_path / "adapter")
+    served = load_served(model=str(tmp_path / variant), adapters={"pt": str(tmp_path / "adapter")})
+    assert served.resolve("pt") == "pt"
+    engine = served.engine
+    engine.stop_ids = []  # random weights: compare every reference token
+    be = BatchingEngine(engine, max_batch_size=2)
+    try:
+        n = len(ref["greedy_ids"])
+        got = be.generate(list(ref["input_ids"]), max_new_tokens=n, adapter="pt").tokens
+        base = be.generate(list(ref["input_ids"]), max_new_tokens=n, adapter=BASE).tokens
+    finally:
+        be.close()
+    assert got == ref["greedy_ids"]
+    assert base != got
