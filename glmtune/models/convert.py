@@ -26,7 +26,7 @@ from pathlib import Path
 from glmtune.errors import GlmtuneError
 
 NOTE_FILE = "glmtune_converted.json"
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: per-head fused QKV of multi_query_attention=false checkpoints
 
 
 class ConvertError(GlmtuneError, ValueError):
@@ -105,8 +105,11 @@ _TOP_MAP = {
 _DROPPED = re.compile(r".*rotary_pos_emb\.inv_freq$")  # a buffer the native model recomputes
 
 
-def map_tensor(name: str, tensor, q_rows: int, kv_rows: int) -> list[tuple[str, object]]:
-    """Native (name, tensor) pairs for one source tensor; [] for a recomputed buffer; ConvertError if unknown."""
+def map_tensor(name: str, tensor, q_rows: int, kv_rows: int, per_head_qkv: int = 0) -> list[tuple[str, object]]:
+    """Native (name, tensor) pairs for one source tensor; [] for a recomputed buffer; ConvertError if unknown.
+
+    `per_head_qkv` = the number of heads when `multi_query_attention` is false: the fused QKV is then laid out
+    per head, [h0: q k v][h1: q k v]... (the original code views it as (heads, 3 * head_dim)), not [q | k | v]."""
     if name in _TOP_MAP:
         return [(_TOP_MAP[name], tensor)]
     if _DROPPED.fullmatch(name):
@@ -122,7 +125,12 @@ def map_tensor(name: str, tensor, q_rows: int, kv_rows: int) -> list[tuple[str, 
             if tensor.shape[0] != q_rows + 2 * kv_rows:
                 raise ConvertError(f"{name}: {tensor.shape[0]} rows, expected q {q_rows} + k/v 2x{kv_rows} "
                                    f"from num_attention_heads, multi_query_group_num and kv_channels")
-            q, k, v = tensor.split([q_rows, kv_rows, kv_rows], dim=0)
+            if per_head_qkv:
+                h = per_head_qkv
+                q, k, v = (t.reshape(q_rows, *tensor.shape[1:])
+                           for t in tensor.reshape(h, 3, q_rows // h, *tensor.shape[1:]).unbind(1))
+            else:
+                q, k, v = tensor.split([q_rows, kv_rows, kv_rows], dim=0)
             return [(f"model.layers.{i}.self_attn.{p}_proj.{kind}", t.clone()) for p, t in (("q", q), ("k", k), ("v", v))]
     raise ConvertError(f"{name}: a tensor the ChatGLM -> Glm conversion does not know (prefix encoder? "
                        f"quantized weights?); nothing was written for it")
@@ -194,7 +202,8 @@ def convert(src: Path, dst: Path, max_shard: str | int = "2GB", dtype: str | Non
     seen: set[str] = set()
     for name, t in iter_tensors(source_files(src)):
         res.tensors_in += 1
-        out = map_tensor(name, t, q_rows, kv_rows)
+        out = map_tensor(name, t, q_rows, kv_rows,
+                         0 if cfg.get("multi_query_attention", False) else gcfg.num_attention_heads)
         if not out:
             res.dropped.append(name)
         for new, tensor in out:

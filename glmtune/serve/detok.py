@@ -11,12 +11,14 @@ class Detokenizer:
         self.tok, self.stop = tokenizer, [s for s in stop if s]
         self.ids: list[int] = []
         self.prefix = self.read = 0
-        self.raw = ""  # decoded so far; `text` drops the newline GLM puts after <|assistant|> (as HFEngine.stream)
+        # decoded so far; `text` drops the leading whitespace: GLM's newline after <|assistant|> and, on ChatGLM3's
+        # SentencePiece vocabulary, the word-start space of the first word ("<|assistant|>\n Hello")
+        self.raw = ""
         self.sent = 0  # characters of `text` already handed out
 
     @property
     def text(self) -> str:
-        return self.raw.lstrip("\n")
+        return self.raw.lstrip()
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; return (text safe to send now, hit_stop_string)."""
@@ -36,7 +38,9 @@ class Detokenizer:
         return self._emit(len(text) - hold), False
 
     def _emit(self, upto: int) -> str:
-        upto = max(upto, self.sent)
+        # trailing whitespace waits for the next word: an answer's last spaces/newlines are never sent, so the
+        # pieces add up to the non-streamed (stripped) answer
+        upto = max(min(upto, len(self.text.rstrip())), self.sent)
         piece, self.sent = self.text[self.sent:upto], upto
         return piece
 
@@ -48,6 +52,24 @@ class Detokenizer:
         A trailing incomplete character is dropped rather than sent as U+FFFD."""
         if not hit_stop_string:
             full = self.tok.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
-            if full.lstrip("\n").startswith(self.text):  # never take back text already sent
+            if full.lstrip().startswith(self.text):  # never take back text already sent
                 self.raw = full
         return self.flush()
+
+
+def strip_stream(pieces):
+    """Text pieces of one answer without its leading and trailing whitespace (what the non-streamed answer
+    strips): leading whitespace is dropped, whitespace after the last word is held until more text follows."""
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+            started = True
+        body = piece.rstrip()
+        if not body:
+            held += piece
+            continue
+        yield held + body
+        held = piece[len(body):]

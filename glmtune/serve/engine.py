@@ -83,8 +83,7 @@ class HFEngine:
         from glmtune.config.load import load_config
         from glmtune.config.schema import ModelSection
         from glmtune.methods import get
-        from glmtune.models.families import family_of
-        from glmtune.models.load import load, model_type_of, resolve_path
+        from glmtune.models.load import load, resolve_path, route_family
 
         run_dir = Path(run_dir)
         meta_path = run_dir / "method.json"
@@ -102,7 +101,7 @@ class HFEngine:
         loaded = load(base_cfg, cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32",
                       quantization_config=method.quantization(cfg.method, cfg.train),
                       config_overrides=method.config_overrides(
-                          cfg.method, family_of(model_type_of(resolve_path(meta["base"])))))
+                          cfg.method, route_family(resolve_path(meta["base"]))))
         check_template(loaded.tokenizer, meta, run_dir)
         model = method.load_trained(loaded, run_dir / meta["artifact"], cfg.method)
         return cls(model, loaded.tokenizer, loaded.family, name or run_dir.name)
@@ -175,6 +174,8 @@ class HFEngine:
             return
         from transformers import TextIteratorStreamer
 
+        from glmtune.serve.detok import strip_stream
+
         torch = self._torch
         ids = torch.tensor([self.prompt_ids(messages)], device=self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -192,13 +193,8 @@ class HFEngine:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        first = True
-        for piece in streamer:
-            if first:
-                piece = piece.lstrip("\n")  # GLM answers start with the newline after <|assistant|>
-                first = False
-            if piece:
-                yield piece
+        # GLM answers start with the newline after <|assistant|> (and ChatGLM3's with a word-start space too)
+        yield from strip_stream(streamer)
         thread.join()
         if failure:
             err = failure[0]

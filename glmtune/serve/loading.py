@@ -69,6 +69,10 @@ def load_served(run: str | None = None, model: str | None = None, adapters: dict
 
             engine.model = PeftModel.from_pretrained(engine.model, str(adir), adapter_name=public).eval()
         served.names[public] = public
+        from glmtune.methods.ptuning import converted_chatglm, official_prefix_positions
+
+        if converted_chatglm(base) and any(c.is_prompt_learning for c in engine.model.peft_config.values()):
+            official_prefix_positions(engine.model)  # ChatGLM's numbering behind a P-Tuning prefix
     if hasattr(engine.model, "peft_config") and served.names[engine.name] is None:
         served.names[engine.name] = BASE  # the plain base, with adapters switched off
     return served

@@ -46,6 +46,9 @@ def run(args) -> int:
     s = result.summary
     if s:
         print(f"run folder: {result.run_dir}")
-        print(f"steps {s['steps']}, loss {s['loss_first']:.4f} -> {s['loss_last']:.4f}, "
-              f"{s['tokens_per_s']} tokens/s, {s['wall_s']} s")
+        if s.get("loss_first") is None:  # the run ended before its first logging step
+            loss = f"loss not logged (train.logging_steps {cfg.train.logging_steps} > {s['steps']} steps)"
+        else:
+            loss = f"loss {s['loss_first']:.4f} -> {s['loss_last']:.4f}"
+        print(f"steps {s['steps']}, {loss}, {s['tokens_per_s']} tokens/s, {s['wall_s']} s")
     return 0

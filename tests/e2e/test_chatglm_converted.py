@@ -12,29 +12,37 @@ import pytest
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def chatglm3_folder(dest: Path) -> Path:
-    """Tiny ChatGLM3 checkpoint in the original remote-code layout, at the real padded vocabulary (65024)."""
+def remote_folder(model: str, dest: Path) -> Path:
+    """Tiny `model` (chatglm3-6b or glm-4-9b-chat) checkpoint in the original remote-code layout, with its real
+    tokenizer, remote code and the real padded vocabulary (65024 / 151552 rows): the equivalence fixture's
+    layers with fresh seeded embedding and output rows."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
     dest.mkdir(parents=True)
-    cfg = json.loads((ASSETS / "chatglm_equiv" / "chatglm3-6b" / "config.json").read_text())
-    real = json.loads((ASSETS / "real" / "chatglm3-6b" / "config.json").read_text())
-    cfg.update(padded_vocab_size=real["padded_vocab_size"], pad_token_id=real["pad_token_id"])
+    cfg = json.loads((ASSETS / "chatglm_equiv" / model / "config.json").read_text())
+    real = json.loads((ASSETS / "real" / model / "config.json").read_text())
+    cfg.update(padded_vocab_size=real["padded_vocab_size"], pad_token_id=real["pad_token_id"],
+               eos_token_id=real["eos_token_id"])
     (dest / "config.json").write_text(json.dumps(cfg, indent=1))
     g = torch.Generator().manual_seed(0)
     state = {}
-    for name, t in load_file(str(ASSETS / "chatglm_equiv" / "chatglm3-6b" / "model.safetensors")).items():
+    for name, t in load_file(str(ASSETS / "chatglm_equiv" / model / "model.safetensors")).items():
         if name.endswith(("word_embeddings.weight", "output_layer.weight")):
             t = 0.08 * torch.randn(cfg["padded_vocab_size"], t.shape[1], generator=g)
         state[name] = t.contiguous()
     save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt"})
-    for f in ("tokenizer.model", "tokenizer_config.json", "tokenization_chatglm.py", "configuration_chatglm.py",
-              "modeling_chatglm.py", "MODEL_LICENSE"):
-        shutil.copy2(ASSETS / "real" / "chatglm3-6b" / f, dest / f)
+    for f in (ASSETS / "real" / model).iterdir():
+        if f.name != "config.json":
+            shutil.copy2(f, dest / f.name)
     return dest
+
+
+def chatglm3_folder(dest: Path) -> Path:
+    """Tiny ChatGLM3 checkpoint in the original remote-code layout, at the real padded vocabulary (65024)."""
+    return remote_folder("chatglm3-6b", dest)
 
 
 @pytest.mark.slow
