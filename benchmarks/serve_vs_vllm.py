@@ -75,6 +75,25 @@ class Server:
         self.startup_s = round(time.time() - t0, 1)
         self.model = httpx.get(f"{self.url}/models", trust_env=False).json()["data"][0]["id"]
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the server's processes (vLLM: API server, engine core,
+        worker), a measure of work that the other jobs on a shared machine do not inflate."""
+        import psutil
+
+        total = 0.0
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return float("nan")
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
@@ -237,13 +256,15 @@ def main() -> None:
                     prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
                     rendered = render(prompts) if render else None  # outside the timed part
                     for s in (servers if rnd % 2 == 0 else servers[::-1]):
-                        load0 = round(os.getloadavg()[0], 2)
+                        load0, cpu0 = round(os.getloadavg()[0], 2), s.cpu_s()
                         r = asyncio.run(level(s, rendered if s.render else prompts, c, n, args.max_tokens))
-                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2))
+                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2),
+                                 server_cpu_s=round(s.cpu_s() - cpu0, 2))
                         rows.append(r)
                         print(f"{wl:<8} {s.label:<8} c{c:<3} {r['req_per_s']:>7.2f} req/s {r['output_tokens_per_s']:>8.1f} "
                               f"tok/s p50 {r['latency_p50_s'] or 0:.3f} p95 {r['latency_p95_s'] or 0:.3f} "
-                              f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} errors {r['errors']} {r['error_samples'][:1]} "
+                              f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} server CPU {r['server_cpu_s']:.1f} s "
+                              f"errors {r['errors']} {r['error_samples'][:1]} "
                               f"load {load0}", flush=True)
             same = differ = 0
             for c in levels:
@@ -264,21 +285,27 @@ def main() -> None:
 
 def table(record: dict) -> str:
     lines = ["| workload | clients | glmtune req/s | vLLM req/s | ratio | glmtune tok/s | vLLM tok/s | "
-             "glmtune p50 / p95 s | vLLM p50 / p95 s | glmtune TTFT p50 s | vLLM TTFT p50 s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "glmtune p50 / p95 s | vLLM p50 / p95 s | glmtune TTFT p50 s | vLLM TTFT p50 s | "
+             "glmtune CPU s / req | vLLM CPU s / req |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for wl, w in record["workloads"].items():
         for c in sorted({r["clients"] for r in w["rows"]}):
             def avg(engine, key):
                 vals = [r[key] for r in w["rows"] if r["engine"] == engine and r["clients"] == c and r[key] is not None]
                 return sum(vals) / len(vals) if vals else float("nan")
 
+            def n(c):
+                return next(r["requests"] for r in w["rows"] if r["clients"] == c)
+
             g, v = avg("glmtune", "req_per_s"), avg("vllm", "req_per_s")
             lines.append(f"| {wl} | {c} | {g:.2f} | {v:.2f} | **{g / v:.2f}×** | {avg('glmtune', 'output_tokens_per_s'):.0f} | "
                          f"{avg('vllm', 'output_tokens_per_s'):.0f} | {avg('glmtune', 'latency_p50_s'):.3f} / "
                          f"{avg('glmtune', 'latency_p95_s'):.3f} | {avg('vllm', 'latency_p50_s'):.3f} / "
                          f"{avg('vllm', 'latency_p95_s'):.3f} | {avg('glmtune', 'ttft_p50_s'):.3f} | "
-                         f"{avg('vllm', 'ttft_p50_s'):.3f} |")
-        lines.append(f"| {wl} | answers equal | {w['answers_equal']} of {w['answers_equal'] + w['answers_differ']} | | | | | | | | |")
+                         f"{avg('vllm', 'ttft_p50_s'):.3f} | {avg('glmtune', 'server_cpu_s') / n(c):.3f} | "
+                         f"{avg('vllm', 'server_cpu_s') / n(c):.3f} |")
+        lines.append(f"| {wl} | answers equal | {w['answers_equal']} of {w['answers_equal'] + w['answers_differ']} "
+                     f"| | | | | | | | | | |")
     return "\n".join(lines)
 
 
