@@ -5,8 +5,11 @@ Both servers are started the way a user starts them (`glmtune serve --model M` a
 concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round.
 Each client streams its answers (SSE, `stream_options.include_usage`), so the script records req/s, output
 tokens/s, latency p50/p95 and time to first token (TTFT) p50/p95; greedy (temperature 0) with a fixed
-max_tokens. The answers of the two engines are compared (vLLM keeps the newline GLM emits after
-<|assistant|>, glmtune's engine drops it: compared without it).
+max_tokens. vLLM gets glmtune's own rendered prompt ids (`chat_ids`, the model's chat template) on
+`/completions` (`--vllm-prompt ids`, the default), and the warm-up prompts' ids vLLM reports back
+(`return_token_ids`) are checked equal, so both engines compute on the same tokens; `--vllm-prompt chat`
+lets vLLM render the template itself. The answers of the two engines are compared (vLLM keeps the
+newline GLM emits after <|assistant|>, glmtune's engine drops it: compared without it).
 
 Workloads:
   tiny     the built-in short chat prompts (`glmtune bench`'s defaults)
@@ -47,10 +50,12 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 class Server:
-    def __init__(self, label: str, args: list[str], log: Path, env: dict, startup_s: float = 600):
+    def __init__(self, label: str, args: list[str], log: Path, env: dict, startup_s: float = 600,
+                 render=None):
         import httpx
 
         self.label, self.port = label, free_port()
+        self.render = render  # conversations -> glmtune's prompt ids (sent to /completions); None: chat messages
         self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *args, "--port", str(self.port)],
                                      env={**os.environ, **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -70,6 +75,25 @@ class Server:
         self.startup_s = round(time.time() - t0, 1)
         self.model = httpx.get(f"{self.url}/models", trust_env=False).json()["data"][0]["id"]
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the server's processes (vLLM: API server, engine core,
+        worker), a measure of work that the other jobs on a shared machine do not inflate."""
+        import psutil
+
+        total = 0.0
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return float("nan")
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
@@ -84,12 +108,16 @@ class Server:
             pass
 
 
-async def one(client, url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+async def one(client, url: str, model: str, prompt: list, max_tokens: int) -> dict:
+    """One streamed request: chat messages to `/chat/completions`, or token ids (glmtune's rendering) to
+    `/completions`."""
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
+    ids = bool(prompt) and isinstance(prompt[0], int)
+    body.update({"prompt": prompt} if ids else {"messages": prompt})
     t0 = time.perf_counter()
     ttft, text, usage = None, [], None
-    async with client.stream("POST", f"{url}/chat/completions", json=body) as r:
+    async with client.stream("POST", f"{url}/{'completions' if ids else 'chat/completions'}", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
         async for line in r.aiter_lines():
@@ -99,7 +127,7 @@ async def one(client, url: str, model: str, messages: list[dict], max_tokens: in
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
+                piece = choice.get("text") if ids else (choice.get("delta") or {}).get("content")
                 if piece:
                     if ttft is None:
                         ttft = time.perf_counter() - t0
@@ -108,6 +136,23 @@ async def one(client, url: str, model: str, messages: list[dict], max_tokens: in
         raise RuntimeError("no usage in the stream")
     return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": usage["completion_tokens"],
             "text": "".join(text)}
+
+
+def check_ids(server: "Server", prompts: list[list[int]]) -> int:
+    """vLLM reports the prompt ids it computed on (`return_token_ids`): they must be glmtune's, exactly.
+    Returns how many prompts were checked; raises on the first difference."""
+    import httpx
+
+    for i, ids in enumerate(prompts):
+        r = httpx.post(f"{server.url}/completions", json={"model": server.model, "prompt": ids, "max_tokens": 1,
+                                                           "temperature": 0, "return_token_ids": True},
+                       timeout=600, trust_env=False)
+        r.raise_for_status()
+        got = r.json()["choices"][0].get("prompt_token_ids")
+        if got != ids:
+            raise RuntimeError(f"prompt {i}: vLLM computed on other ids than glmtune rendered "
+                               f"({len(got or [])} vs {len(ids)} tokens)")
+    return len(prompts)
 
 
 async def level(server: Server, prompts: list, clients: int, n: int, max_tokens: int) -> dict:
@@ -166,6 +211,9 @@ def main() -> None:
     ap.add_argument("--grading-requests", type=int, default=16, help="the same for the grading workload")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per level (order swapped each)")
+    ap.add_argument("--vllm-prompt", choices=("ids", "chat"), default="ids",
+                    help="ids: vLLM gets glmtune's rendered prompt ids on /completions (the same tokens, checked); "
+                         "chat: vLLM renders the chat template itself")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -179,29 +227,44 @@ def main() -> None:
     servers = []
     try:
         servers.append(Server("glmtune", ["--model", args.model, *common], out / "serve_vs_vllm.glmtune.log", env))
+        render = None
+        if args.vllm_prompt == "ids":
+            from glmtune.models.load import load_tokenizer, resolve_path
+            from glmtune.serve.vllm import prompt_token_ids
+
+            tokenizer = load_tokenizer(resolve_path(args.model))  # the model folder's, as `glmtune serve` loads it
+
+            def render(conversations):
+                return prompt_token_ids(tokenizer, conversations)
         servers.append(Server("vllm", ["--backend", "vllm", "--model", args.model, *common],
-                              out / "serve_vs_vllm.vllm.log", env))
+                              out / "serve_vs_vllm.vllm.log", env, render=render))
         print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s", flush=True)
         record = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds,
                   "omp_threads": env["OMP_NUM_THREADS"], "startup_s": {s.label: s.startup_s for s in servers},
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm_prompt": args.vllm_prompt, "workloads": {}}
         for wl in args.workloads.split(","):
             n = args.grading_requests if wl == "grading" else args.requests
             warm = workload_prompts(wl, 4, seed=999)
+            checked = 0
             for s in servers:  # warm-up: start-up costs, and both prefix caches see the shared system prompt once
-                asyncio.run(level(s, warm, 2, 4, args.max_tokens))
+                if s.render:
+                    checked += check_ids(s, s.render(warm))
+                asyncio.run(level(s, s.render(warm) if s.render else warm, 2, 4, args.max_tokens))
             rows = []
             for li, c in enumerate(levels):
                 for rnd in range(args.rounds):
                     prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
+                    rendered = render(prompts) if render else None  # outside the timed part
                     for s in (servers if rnd % 2 == 0 else servers[::-1]):
-                        load0 = round(os.getloadavg()[0], 2)
-                        r = asyncio.run(level(s, prompts, c, n, args.max_tokens))
-                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2))
+                        load0, cpu0 = round(os.getloadavg()[0], 2), s.cpu_s()
+                        r = asyncio.run(level(s, rendered if s.render else prompts, c, n, args.max_tokens))
+                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2),
+                                 server_cpu_s=round(s.cpu_s() - cpu0, 2))
                         rows.append(r)
                         print(f"{wl:<8} {s.label:<8} c{c:<3} {r['req_per_s']:>7.2f} req/s {r['output_tokens_per_s']:>8.1f} "
                               f"tok/s p50 {r['latency_p50_s'] or 0:.3f} p95 {r['latency_p95_s'] or 0:.3f} "
-                              f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} errors {r['errors']} {r['error_samples'][:1]} "
+                              f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} server CPU {r['server_cpu_s']:.1f} s "
+                              f"errors {r['errors']} {r['error_samples'][:1]} "
                               f"load {load0}", flush=True)
             same = differ = 0
             for c in levels:
@@ -210,7 +273,7 @@ def main() -> None:
                 for i in g.keys() & v.keys():
                     same, differ = (same + 1, differ) if v[i].lstrip("\n") == g[i] else (same, differ + 1)
             record["workloads"][wl] = {"prompts": len(prompts), "rows": rows, "answers_equal": same,
-                                       "answers_differ": differ}
+                                       "answers_differ": differ, "vllm_prompt_ids_checked_equal": checked}
     finally:
         for s in servers:
             s.stop()
@@ -222,21 +285,27 @@ def main() -> None:
 
 def table(record: dict) -> str:
     lines = ["| workload | clients | glmtune req/s | vLLM req/s | ratio | glmtune tok/s | vLLM tok/s | "
-             "glmtune p50 / p95 s | vLLM p50 / p95 s | glmtune TTFT p50 s | vLLM TTFT p50 s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "glmtune p50 / p95 s | vLLM p50 / p95 s | glmtune TTFT p50 s | vLLM TTFT p50 s | "
+             "glmtune CPU s / req | vLLM CPU s / req |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for wl, w in record["workloads"].items():
         for c in sorted({r["clients"] for r in w["rows"]}):
             def avg(engine, key):
                 vals = [r[key] for r in w["rows"] if r["engine"] == engine and r["clients"] == c and r[key] is not None]
                 return sum(vals) / len(vals) if vals else float("nan")
 
+            def n(c):
+                return next(r["requests"] for r in w["rows"] if r["clients"] == c)
+
             g, v = avg("glmtune", "req_per_s"), avg("vllm", "req_per_s")
             lines.append(f"| {wl} | {c} | {g:.2f} | {v:.2f} | **{g / v:.2f}×** | {avg('glmtune', 'output_tokens_per_s'):.0f} | "
                          f"{avg('vllm', 'output_tokens_per_s'):.0f} | {avg('glmtune', 'latency_p50_s'):.3f} / "
                          f"{avg('glmtune', 'latency_p95_s'):.3f} | {avg('vllm', 'latency_p50_s'):.3f} / "
                          f"{avg('vllm', 'latency_p95_s'):.3f} | {avg('glmtune', 'ttft_p50_s'):.3f} | "
-                         f"{avg('vllm', 'ttft_p50_s'):.3f} |")
-        lines.append(f"| {wl} | answers equal | {w['answers_equal']} of {w['answers_equal'] + w['answers_differ']} | | | | | | | | |")
+                         f"{avg('vllm', 'ttft_p50_s'):.3f} | {avg('glmtune', 'server_cpu_s') / n(c):.3f} | "
+                         f"{avg('vllm', 'server_cpu_s') / n(c):.3f} |")
+        lines.append(f"| {wl} | answers equal | {w['answers_equal']} of {w['answers_equal'] + w['answers_differ']} "
+                     f"| | | | | | | | | | |")
     return "\n".join(lines)
 
 

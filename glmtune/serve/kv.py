@@ -7,34 +7,42 @@ import contextlib
 
 
 def buffer_layer_class():
-    """A DynamicLayer over a preallocated [B, heads, capacity, dim] buffer: `update` writes the new
-    positions in place and exposes a view of the filled part (built lazily: transformers is imported late)."""
+    """A DynamicLayer over a preallocated [slots, heads, capacity, dim] buffer whose live part is rows [:b],
+    columns [s:n]: `update` writes the new positions in place and exposes a view of the live part (built
+    lazily: transformers is imported late). The scheduler moves `b` and `s` as rows join and leave."""
     from transformers.cache_utils import DynamicLayer
 
     class BufferLayer(DynamicLayer):
-        def __init__(self, kbuf, vbuf, n: int):
+        def __init__(self, kbuf, vbuf, n: int, b: int | None = None, s: int = 0):
             super().__init__()
             self.kbuf, self.vbuf, self.n = kbuf, vbuf, n
+            self.b = kbuf.shape[0] if b is None else b
+            self.s = s
             self.dtype, self.device = kbuf.dtype, kbuf.device
             self.is_initialized = True
             self._views()
 
         def _views(self):
-            self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+            self.keys = self.kbuf[:self.b, :, self.s:self.n]
+            self.values = self.vbuf[:self.b, :, self.s:self.n]
+
+        def live(self, b: int, s: int) -> None:
+            self.b, self.s = b, s
+            self._views()
 
         def update(self, key_states, value_states, *args, **kwargs):
             m = key_states.shape[2]
             if self.n + m > self.kbuf.shape[2]:  # the scheduler reserves room; this is only a fallback
                 self.kbuf = _grow(self.kbuf, self.n, self.n + m + 64)
                 self.vbuf = _grow(self.vbuf, self.n, self.n + m + 64)
-            self.kbuf[:, :, self.n:self.n + m] = key_states
-            self.vbuf[:, :, self.n:self.n + m] = value_states
+            self.kbuf[:self.b, :, self.n:self.n + m] = key_states
+            self.vbuf[:self.b, :, self.n:self.n + m] = value_states
             self.n += m
             self._views()
             return self.keys, self.values
 
         def get_seq_length(self) -> int:
-            return self.n
+            return self.n - self.s
 
     return BufferLayer
 

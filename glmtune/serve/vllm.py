@@ -14,6 +14,10 @@ What vLLM is given so that its answers stop and read like glmtune's own engine:
     config's `eos_token_id`, which vLLM adds to every request's stop ids;
   * the checkpoint's dtype (vLLM-CPU would otherwise run an fp32 checkpoint in bf16).
 These live in a "view" folder under glmtune's cache: links to the weights plus those files.
+A client that must be sure vLLM sees exactly glmtune's tokens (`benchmarks/serve_vs_vllm.py`) renders the
+prompt itself with `prompt_token_ids` and sends the ids to vLLM's `/v1/completions`: `chat_ids` encodes
+special-token text typed inside a message as text, where a template rendered to text and re-tokenized
+would turn it into the special token.
 
 Sources: an export (merged folder; `--model DIR`, or `--run RUN` when RUN/export is verified) is served
 as it is. A LoRA run without an export, and every `--adapter`, is served as base + LoRA through
@@ -45,6 +49,20 @@ ENTRY = Path(__file__).with_name("vllm_entry.py")
 
 class VllmError(ConfigError):
     """Something glmtune can tell before vLLM starts (one line, exit 2)."""
+
+
+def prompt_token_ids(model, conversations: list[list[dict]], chat_template: str | None = None,
+                     trust_remote_code: bool = False) -> list[list[int]]:
+    """glmtune's own prompt ids for `conversations` (`chat_ids` with the generation prompt, the tokenizer and
+    chat template of the model folder, as `glmtune serve` renders them): vLLM's `/v1/completions` takes them
+    as `prompt`, so both engines compute on the same tokens. `model`: a model folder (or tiny:NAME), or a
+    tokenizer already loaded from one."""
+    from glmtune.data.render import chat_ids
+    from glmtune.models.load import load_tokenizer, resolve_path
+
+    tok = model if hasattr(model, "apply_chat_template") else load_tokenizer(resolve_path(str(model)),
+                                                                              trust_remote_code, chat_template)
+    return [chat_ids(tok, messages, add_generation_prompt=True) for messages in conversations]
 
 
 # ---- the environment --------------------------------------------------------------------------------

@@ -116,3 +116,35 @@ def test_long_prompts_join_between_decode_steps(served):
         assert [r.tokens for r in reqs] == seq
     finally:
         be.close()
+
+
+def test_rows_join_and_leave_in_place(served):
+    """Rows join a running batch in free slots (a longer prompt widens the batch to the left) and leave by
+    moving the last rows into the freed slots, without rebuilding the batch cache; greedy answers stay those
+    of each prompt decoded alone."""
+    engine = served.engine
+    ids = [engine.prompt_ids(m) for m in PROMPTS]
+    budgets = [40, 6, 14, 9, 22, 5, 17, 11]  # rows leave at different steps, from the middle of the batch
+    be = BatchingEngine(engine, max_batch_size=8)
+    try:
+        seq = [be.generate(i, max_new_tokens=n, adapter=BASE).tokens for i, n in zip(ids, budgets)]
+        builds = be.kv_builds
+        reqs, done = [], threading.Semaphore(0)
+
+        def submit(k):
+            reqs.append(be.submit(GenRequest(prompt_ids=ids[k], max_new_tokens=budgets[k], adapter=BASE,
+                                             sink=lambda ev: ev[0] in ("done", "error") and done.release())))
+
+        submit(0)  # the shortest prompt runs first; the others (all longer) join it one by one while it decodes
+        for k in range(1, 8):
+            while len(reqs[-1].tokens) < 2 and reqs[-1].finish_reason is None:
+                time.sleep(0.001)
+            submit(k)
+        for _ in reqs:
+            assert done.acquire(timeout=60)
+        assert [r.tokens for r in reqs] == seq
+        assert be.kv_joins_in_place >= 4, (be.kv_joins_in_place, be.kv_builds - builds)
+        assert be.kv_builds - builds <= 3  # the first row, and a rebuild when room runs out
+        assert be.max_batch_seen >= 4
+    finally:
+        be.close()
