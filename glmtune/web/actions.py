@@ -159,8 +159,8 @@ def render_data(ws: Workspace, path: str, model_path: str = "tiny:glm4", cutoff_
     convs = convs[: int(limit)] if limit else convs
     console = Console(record=True, width=120, file=io.StringIO(), highlight=False, force_terminal=True)
     console.print(f"{mpath.name}: {len(convs)} sample(s); [reverse] supervised [/reverse] tokens are the ones the loss "
-                  f"is computed on, [bold magenta]special[/bold magenta] tokens are real special tokens "
-                  f"(data.loss_on={cfg.data.loss_on}, cutoff_len={cfg.data.cutoff_len})")
+                  f"is computed on, [bold magenta]special[/bold magenta] tokens are real special tokens (text typed "
+                  f"in a message never is) (data.loss_on={cfg.data.loss_on}, cutoff_len={cfg.data.cutoff_len})")
     for conv in convs:
         ex, skip = render_sample(conv, renderer, cfg.data)
         if ex is None:
@@ -189,14 +189,18 @@ def oral_build(ws: Workspace, source: str, out_name: str, mode: str = "evidence"
     """`glmtune oral build INPUT --out data/NAME.jsonl ...`: the lines the CLI prints, and the file it wrote.
     An input that stops the build (a bad line with on_bad_record=error) raises OralInputError, as the CLI."""
     from glmtune.tasks.oral_reading.build import build_dataset, load_inputs_report, load_labels
+    from glmtune.tasks.oral_reading.records import OralInputError
 
     src = ws.resolve(source)
     name = check_name(out_name, "output name")
     out = ws.data_dir / (name if name.endswith(".jsonl") else name + ".jsonl")
-    items, loaded = load_inputs_report(src, on_bad_record)
+    try:  # the CLI's messages, with the workspace-relative paths the page shows
+        items, loaded = load_inputs_report(src, on_bad_record)
+        table = load_labels(ws.resolve(label_file)) if label_file else None
+    except OralInputError as err:
+        raise OralInputError(str(err).replace(str(ws.root) + "/", "")) from None
     lines = [ln.replace(str(src), ws.rel(src)) for ln in loaded.lines()]
-    if label_file:
-        table = load_labels(ws.resolve(label_file))
+    if table is not None:
         for it in items:
             if it.id in table:
                 it.labels, it.remark = table[it.id]
