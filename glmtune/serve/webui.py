@@ -47,7 +47,9 @@ def stream_reply(engine, turns: list[dict], question: str, *, stateless: bool = 
         text += piece
         shown[-1] = {"role": "assistant", "content": text}
         yield list(shown), list(turns)
-    shown[-1] = {"role": "assistant", "content": text.strip()}
+    # A streamer flushes a last incomplete UTF-8 character as U+FFFD; `generate()` and the server drop it, and so
+    # does the history here (else the next turn's prompt carries a character the model never produced).
+    shown[-1] = {"role": "assistant", "content": text.rstrip("\ufffd").strip()}
     yield shown, shown
 
 

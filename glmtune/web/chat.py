@@ -48,7 +48,7 @@ class EndpointChat:
         import openai
 
         if not self.model:
-            raise GenerationError(f"endpoint {self.url}: pick a model name (List models)")
+            raise GenerationError(f"endpoint {self.url}: pick a model name (Load lists them)")
         try:
             chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
                                                          max_tokens=max_new_tokens, temperature=temperature,
