@@ -169,7 +169,7 @@ def render_data(ws: Workspace, path: str, model_path: str = "tiny:glm4", cutoff_
         _print_sample(console, tok, conv, ex, skip)
     html = console.export_html(inline_styles=True, clear=False,
                                code_format="<pre style=\"white-space: pre-wrap; font-size: 12px\">{code}</pre>")
-    return html, console.export_text().replace(str(p), ws.rel(p)), problems
+    return html.replace(str(p), ws.rel(p)), console.export_text().replace(str(p), ws.rel(p)), problems
 
 
 def oral_inputs(ws: Workspace) -> list[str]:

@@ -119,7 +119,8 @@ def build_ui(ws):
             st = actions.data_stats(ws, path, model, int(cutoff or 2048))
         except (GlmtuneError, OSError, ValueError) as err:
             return None, err_text(err), None, None, ""
-        line = (f"glmtune data stats data.train={path} model.path={model} data.cutoff_len={int(cutoff or 2048)}")
+        line = actions.cli_line(["data", "stats", f"data.train={ws.resolve(path)}", f"model.path={model}",
+                                 f"data.cutoff_len={int(cutoff or 2048)}"])
         return (pd.DataFrame(st["rows"], columns=["tokens", "p50", "p90", "p99", "max", "mean"]), st["line"],
                 actions.histogram_figure(st),
                 pd.DataFrame(st["hist"], columns=["from tokens", "to tokens", "samples", "past cutoff"]), line)
@@ -579,7 +580,7 @@ def build_ui(ws):
                     eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval_start")
                 eval_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="eval_command")
                 eval_msg = gr.Textbox(label="Status", elem_id="eval_msg", interactive=False)
-                with gr.Accordion("Latest evaluation job: report.md", open=False):
+                with gr.Accordion("Latest evaluation job: report.md", open=True):
                     eval_report = gr.Markdown(elem_id="eval_report")
                 gr.Markdown("#### An evaluation's tables (metrics, base vs tuned, confusion matrices, forgetting)")
                 with gr.Row():

@@ -64,7 +64,7 @@ def test_whole_path_in_headless_chromium(web_server, browser, tmp_path):
     page.locator("#data_stats").click()
     wait_text(page, "#stats_line textarea", "2 samples with", 120_000)
     page.locator("#stats_hist img").first.wait_for(timeout=30_000)  # the histogram, drawn with the real template
-    assert "glmtune data stats data.train=data/chat.jsonl" in page.locator("#stats_command").inner_text()
+    assert "glmtune data stats data.train=" in page.locator("#stats_command").inner_text()
     page.locator("#data_render").click()
     wait_text(page, "#render_problems textarea", "data/chat.jsonl:3: <json>: bad JSON", 120_000)
     page.wait_for_function("() => (document.querySelector('#render_html') || {}).innerText?.includes('supervised:')",
