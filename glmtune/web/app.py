@@ -580,7 +580,7 @@ def build_ui(ws):
                     eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval_start")
                 eval_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="eval_command")
                 eval_msg = gr.Textbox(label="Status", elem_id="eval_msg", interactive=False)
-                with gr.Accordion("Latest evaluation job: report.md", open=True):
+                with gr.Accordion("Latest evaluation job: report.md", open=False, elem_id="eval_report_box"):
                     eval_report = gr.Markdown(elem_id="eval_report")
                 gr.Markdown("#### An evaluation's tables (metrics, base vs tuned, confusion matrices, forgetting)")
                 with gr.Row():

@@ -162,9 +162,11 @@ def test_whole_path_in_headless_chromium(web_server, browser, tmp_path):
     page.locator("#eval_max_new input").fill("16")
     page.locator("#eval_start").click()
     wait_text(page, "#eval_msg textarea", "evaluation job 3 started", 30_000)
+    page.get_by_text("Latest evaluation job: report.md").click()  # open the job's report.md
     page.wait_for_function("() => (document.querySelector('#eval_report') || {}).innerText?.includes('Text metrics')",
                            timeout=300_000)
     assert (ws / "evals" / "eval" / "report.json").exists()
+    page.get_by_text("Latest evaluation job: report.md").click()  # and fold it again for the tables below
     # Its tables: the metrics of `eval compare`, the forgetting line (not asked for here).
     page.wait_for_timeout(2500)  # the next refresh lists the new evaluation
     page.locator("#view_pick input").click()
