@@ -24,33 +24,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
 
 
+def stream_reply(engine, turns: list[dict], question: str, *, stateless: bool = False, system: str | None = None,
+                 max_new_tokens: int = 256, temperature: float = 0.0):
+    """One exchange of a web chat (this page and `glmtune web`'s Chat tab), streamed.
+
+    `engine` is anything with `stream(messages, max_new_tokens=, temperature=)` yielding text pieces: a local
+    engine, an adapter of a served base, or an OpenAI-compatible endpoint. `turns` are the exchanges shown so
+    far (user/assistant dicts). Yields `(shown, turns)` while the answer grows, then `(shown, shown)` once it is
+    complete: the caller keeps the second item as its history. Stateless: the page still shows every exchange,
+    but each question is sent alone (with the system prompt). Errors of the engine (GenerationError) propagate.
+    """
+    from glmtune.serve.chat_cli import ChatSession
+
+    question = (question or "").strip()
+    if not question:
+        yield list(turns), list(turns)
+        return
+    session = ChatSession(system=system or None, stateless=stateless, history=list(turns))
+    shown = list(turns) + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+    text = ""
+    for piece in engine.stream(session.messages_for(question), max_new_tokens=max_new_tokens,
+                               temperature=temperature):
+        text += piece
+        shown[-1] = {"role": "assistant", "content": text}
+        yield list(shown), list(turns)
+    # A streamer flushes a last incomplete UTF-8 character as U+FFFD; `generate()` and the server drop it, and so
+    # does the history here (else the next turn's prompt carries a character the model never produced).
+    shown[-1] = {"role": "assistant", "content": text.rstrip("\ufffd").strip()}
+    yield shown, shown
+
+
 def build_ui(engine, max_new_tokens: int = 256):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     from glmtune.errors import GenerationError
-    from glmtune.serve.chat_cli import ChatSession
 
     def respond(question, turns, stateless, system, max_tokens):
         # `turns` (gr.State) holds plain user/assistant dicts; the Chatbot only displays them.
-        question = (question or "").strip()
-        if not question:
-            yield "", turns, turns
-            return
-        session = ChatSession(system=system or None, stateless=stateless, history=list(turns))
-        shown = list(turns) + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        text = ""
         try:
-            for piece in engine.stream(session.messages_for(question), max_new_tokens=int(max_tokens)):
-                text += piece
-                shown[-1] = {"role": "assistant", "content": text}
-                yield "", shown, turns
+            for shown, kept in stream_reply(engine, turns, question, stateless=stateless, system=system,
+                                            max_new_tokens=int(max_tokens)):
+                yield "", shown, kept
         except GenerationError as err:  # shown on the page (and in the terminal); the page stays usable
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise gr.Error(str(err)) from err
-        shown[-1] = {"role": "assistant", "content": text.strip()}
-        # Stateless: the page still shows every exchange, but messages_for() sends each question alone.
-        yield "", shown, shown
 
     with gr.Blocks(title=f"glmtune · {engine.name}") as ui:
         gr.Markdown(f"### glmtune chat · `{engine.name}`")

@@ -79,21 +79,30 @@ def check_data(ws: Workspace, path: str, fmt: str = "auto") -> tuple[list[str], 
     return lines, f"{shown}: {len(convs)} good record(s), {len(issues)} problem(s)"
 
 
-def data_stats(ws: Workspace, path: str, model_path: str = "tiny:glm4",
-               cutoff_len: int = 2048) -> tuple[list[list], str]:
-    """`glmtune data stats`: token lengths with the model's real chat template, and what the cutoff would cut."""
-    from glmtune.config.load import load_config
-    from glmtune.data.dataset import load_conversations
+def _renderer(model_path: str, cfg):
     from glmtune.data.render import Renderer
-    from glmtune.data.stats import compute_stats, summarize, truncation_preview
     from glmtune.models.families import family_of
     from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
 
+    mpath = resolve_path(model_path)
+    tok = load_tokenizer(mpath, cfg.model.trust_remote_code, cfg.model.chat_template)
+    return mpath, tok, Renderer(tok, stop_token_ids(tok, family_of(model_type_of(mpath))), cfg.data.loss_on)
+
+
+def data_stats(ws: Workspace, path: str, model_path: str = "tiny:glm4", cutoff_len: int = 2048) -> dict:
+    """`glmtune data stats`: token lengths with the model's real chat template, and what the cutoff would cut.
+
+    Returns the CLI's table rows (`rows`), its cutoff line (`line`), every sample's rendered length (`lengths`),
+    the length histogram (`hist`: bins and counts, numpy's) and the truncation preview (`cut`)."""
+    import numpy as np
+
+    from glmtune.config.load import load_config
+    from glmtune.data.dataset import load_conversations
+    from glmtune.data.stats import compute_stats, summarize, truncation_preview
+
     p = ws.resolve(path)
     cfg = load_config(None, [f"data.train={p}", f"model.path={model_path}", f"data.cutoff_len={int(cutoff_len)}"])
-    mpath = resolve_path(cfg.model.path)
-    tok = load_tokenizer(mpath, cfg.model.trust_remote_code, cfg.model.chat_template)
-    renderer = Renderer(tok, stop_token_ids(tok, family_of(model_type_of(mpath))), cfg.data.loss_on)
+    mpath, _, renderer = _renderer(cfg.model.path, cfg)
     cfg.data.on_bad_record = "skip"  # the check above lists them; stats measure the good ones
     convs, issues = load_conversations(cfg.data, "train")
     st = compute_stats(convs, renderer)
@@ -105,7 +114,126 @@ def data_stats(ws: Workspace, path: str, model_path: str = "tiny:glm4",
     line = (f"{st.n} samples with {mpath.name}'s chat template ({len(issues)} bad skipped); cutoff_len "
             f"{tp['cutoff_len']}: {tp['samples_over']} samples over ({tp['share_over']:.1%}), holding "
             f"{tp['supervised_tokens_in_over']} supervised tokens; template overhead {st.template_overhead} tokens")
-    return rows, line
+    counts, edges = np.histogram(st.total, bins=min(30, max(1, len(set(st.total))))) if st.n else ([], [0])
+    hist = [[int(edges[i]), int(edges[i + 1]), int(c), int(edges[i + 1]) > tp["cutoff_len"]]
+            for i, c in enumerate(counts)]
+    return {"rows": rows, "line": line, "lengths": list(st.total), "hist": hist, "cut": tp, "model": mpath.name,
+            "bad": len(issues), "policy": cfg.data.overlength}
+
+
+def histogram_figure(stats: dict):
+    """The token-length histogram with the cutoff drawn in (matplotlib, rendered on the server): an RGB array."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cut, lengths = stats["cut"], stats["lengths"]
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+    if lengths:
+        edges = [h[0] for h in stats["hist"]] + [stats["hist"][-1][1]]
+        ax.hist(lengths, bins=edges, color="#4c72b0")
+        right = max(lengths) * 1.25
+        if cut["cutoff_len"] <= right:
+            ax.axvline(cut["cutoff_len"], color="red",
+                       label=f"cutoff_len {cut['cutoff_len']}: {cut['samples_over']} over "
+                             f"(data.overlength={stats['policy']})")
+        else:
+            ax.axvline(right, color="red", linestyle=":", label=f"cutoff_len {cut['cutoff_len']} → (off scale, 0 over)")
+        ax.legend()
+    ax.set_xlabel(f"tokens per sample with {stats['model']}'s chat template")
+    ax.set_ylabel("samples")
+    ax.set_title(f"{len(lengths)} samples")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def render_data(ws: Workspace, path: str, model_path: str = "tiny:glm4", cutoff_len: int = 2048,
+                limit: int = 3) -> tuple[str, str, list[str]]:
+    """`glmtune data render FILE --model M --limit N`: each sample's text and ids as training sees them, supervised
+    tokens highlighted. Returns (HTML, plain text, problems), drawn by the CLI's own printer."""
+    import io
+
+    from rich.console import Console
+
+    from glmtune.config.load import load_config
+    from glmtune.data.cli import _print_sample
+    from glmtune.data.dataset import render_sample
+    from glmtune.data.formats import read_file
+
+    p = ws.resolve(path)
+    cfg = load_config(None, [f"model.path={model_path}", f"data.cutoff_len={int(cutoff_len)}"])
+    mpath, tok, renderer = _renderer(cfg.model.path, cfg)
+    convs, issues = read_file(p, cfg.data.format, cfg.data.columns)
+    problems = [str(i).replace(str(p), ws.rel(p), 1) for i in issues]
+    convs = convs[: int(limit)] if limit else convs
+    console = Console(record=True, width=120, file=io.StringIO(), highlight=False, force_terminal=True)
+    console.print(f"{mpath.name}: {len(convs)} sample(s); [reverse] supervised [/reverse] tokens are the ones the loss "
+                  f"is computed on, [bold magenta]special[/bold magenta] tokens are real special tokens (text typed "
+                  f"in a message never is) (data.loss_on={cfg.data.loss_on}, cutoff_len={cfg.data.cutoff_len})")
+    for conv in convs:
+        ex, skip = render_sample(conv, renderer, cfg.data)
+        if ex is None:
+            problems.append(f"{ws.rel(p)}:{conv.source.line}: not trained on: {skip.reason}")
+            continue
+        _print_sample(console, tok, conv, ex, skip)
+    html = console.export_html(inline_styles=True, clear=False,
+                               code_format="<pre style=\"white-space: pre-wrap; font-size: 12px\">{code}</pre>")
+    return html.replace(str(p), ws.rel(p)), console.export_text().replace(str(p), ws.rel(p)), problems
+
+
+def oral_inputs(ws: Workspace) -> list[str]:
+    """ISE inputs in the workspace: JSONL files of {id, text, ise} and folders holding *.xml / *.txt results."""
+    out = list(ws.data_files())
+    for top in sorted(ws.root.iterdir()):
+        if not top.is_dir() or top.name in ws.OWN_FOLDERS:
+            continue
+        for d in [top, *sorted(x for x in top.rglob("*") if x.is_dir())]:
+            if any(f.is_file() and f.suffix.lower() in (".xml", ".txt") for f in d.iterdir()):
+                out.append(ws.rel(d))
+    return out
+
+
+def oral_build(ws: Workspace, source: str, out_name: str, mode: str = "evidence", labels: str = "rubric",
+               label_file: str | None = None, on_bad_record: str = "error", rejected: str = "flag") -> tuple[list[str], Path]:
+    """`glmtune oral build INPUT --out data/NAME.jsonl ...`: the lines the CLI prints, and the file it wrote.
+    An input that stops the build (a bad line with on_bad_record=error) raises OralInputError, as the CLI."""
+    from glmtune.tasks.oral_reading.build import build_dataset, load_inputs_report, load_labels
+    from glmtune.tasks.oral_reading.records import OralInputError
+
+    src = ws.resolve(source)
+    name = check_name(out_name, "output name")
+    out = ws.data_dir / (name if name.endswith(".jsonl") else name + ".jsonl")
+    try:  # the CLI's messages, with the workspace-relative paths the page shows
+        items, loaded = load_inputs_report(src, on_bad_record)
+        table = load_labels(ws.resolve(label_file)) if label_file else None
+    except OralInputError as err:
+        raise OralInputError(str(err).replace(str(ws.root) + "/", "")) from None
+    lines = [ln.replace(str(src), ws.rel(src)) for ln in loaded.lines()]
+    if table is not None:
+        for it in items:
+            if it.id in table:
+                it.labels, it.remark = table[it.id]
+    report = build_dataset(items, out, mode, labels, rejected)
+    lines.append(f"wrote {report.written} samples to {ws.rel(out)}; skipped {len(report.skipped)} without labels")
+    if report.rejected:
+        done = {"flag": "kept with the rejection in the prompt", "keep": "kept as they are", "drop": "dropped"}
+        lines.append("ISE-rejected results: " + ", ".join(f"{v} {done[k]}" for k, v in report.rejected.items()))
+    if report.warnings:
+        lines.append("parser repairs: " + ", ".join(f"{k}={v}" for k, v in sorted(report.warnings.items())))
+    return lines, out
+
+
+def oral_argv(ws: Workspace, source: str, out: Path, mode: str, labels: str, label_file: str | None,
+              on_bad_record: str, rejected: str) -> list[str]:
+    argv = ["oral", "build", str(ws.resolve(source)), "--out", str(out), "--mode", mode, "--labels", labels,
+            "--on-bad-record", on_bad_record, "--rejected", rejected]
+    return argv + (["--label-file", str(ws.resolve(label_file))] if label_file else [])
 
 
 # -- Train ----------------------------------------------------------------------------------------------------
@@ -363,8 +491,14 @@ def apply_advice(form: dict, choice: str) -> dict:
 
 # -- Evaluate -------------------------------------------------------------------------------------------------
 def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | None = None,
-               max_new_tokens: int | None = None, base_too: bool = False, forgetting: bool = False) -> tuple[Job, str]:
-    """`glmtune eval --run RUN --test FILE --out evals/NAME ...` as a job (generation takes a while)."""
+               max_new_tokens: int | None = None, base_too: bool = False, forgetting: bool = False,
+               field_spec: str = "oral", extra: str = "") -> tuple[Job, str]:
+    """`glmtune eval --run RUN --test FILE --out evals/NAME ...` as a job (generation takes a while).
+
+    `field_spec`: "oral" (the bundled structured-answer spec), "none" (text metrics only) or a YAML spec file in
+    the workspace; `extra`: more `eval.key=value` lines, checked by the config's own loader before the job starts."""
+    from glmtune.config.load import load_config
+
     run_dir = ws.resolve(run)
     if not (run_dir / "method.json").exists():
         raise WebError(f"{ws.rel(run_dir)} is not a finished run (no method.json)")
@@ -379,6 +513,27 @@ def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | N
         argv.append("--forgetting")
     if max_new_tokens:
         argv.append(f"eval.max_new_tokens={int(max_new_tokens)}")
+    spec = (field_spec or "oral").strip()
+    if spec == "none":
+        argv.append("eval.metrics=[text]")
+    elif spec != "oral":
+        argv.append(f"eval.field_spec={ws.resolve(spec)}")
+    for line in (extra or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            if not line.startswith("eval."):
+                raise WebError(f"{line!r}: only eval.key=value settings here")
+            argv.append(line)
+    load_config(None, [a for a in argv if a.startswith("eval.")])  # ConfigError: the message `glmtune eval` prints
+    if spec not in ("oral", "none"):
+        from glmtune.evaluate.fields import FieldSpec
+
+        import yaml
+
+        try:
+            FieldSpec.load(str(ws.resolve(spec)))
+        except (ValueError, KeyError, TypeError, OSError, yaml.YAMLError) as err:
+            raise WebError(f"{spec}: not a field spec: {err}") from None
     job = ws.jobs.start("eval", [sys.executable, "-m", "glmtune", *argv], run_dir=out, name=out.name,
                         env=glmtune_env())
     return job, cli_line(argv)
@@ -416,3 +571,46 @@ def compare_evals(ws: Workspace, names: list[str]) -> tuple[str, Path, str]:
     paths = write_comparison([r.parent for r in refs], out, console=Console(file=io.StringIO(), width=150))
     argv = ["eval", "compare", *[str(r.parent) for r in refs], "--out", str(out)]
     return paths["compare.md"].read_text(encoding="utf-8"), paths["compare.png"], cli_line(argv)
+
+
+def eval_view(ws: Workspace, name: str) -> dict:
+    """An evaluation folder as tables, computed by the CLI's own code: the metric rows of `glmtune eval compare`
+    (base vs tuned when `--base-too` wrote base/), each field's confusion matrix (rows = reference), and the
+    forgetting check's line (`render_forgetting`) with the prompts the tuned model lost."""
+    import io
+
+    from rich.console import Console
+
+    from glmtune.evaluate.compare import comparison_rows, load_report
+    from glmtune.evaluate.forgetting import render_forgetting
+
+    out = ws.resolve(Path("evals") / check_name(name, "evaluation name"))
+    tuned = load_report(out)
+    base = load_report(out / "base") if (out / "base" / "report.json").exists() else None
+    reports = [base, tuned] if base else [tuned]
+    rows, notes = comparison_rows(reports)
+    header = ["metric", *(["base", tuned["label"], "Δ (tuned − base)"] if base else [tuned["label"]])]
+    table = []
+    for metric, _, vals in rows:
+        cells = [round(v, 4) if isinstance(v, float) else v for v in vals]
+        if base:
+            d = vals[1] - vals[0] if all(isinstance(v, (int, float)) for v in vals) else None
+            cells.append(None if d is None else round(d, 4))
+        table.append([metric, *cells])
+    confusions = {}
+    for who, rep in (("tuned", tuned), ("base", base)):
+        for field, m in ((rep or {}).get("fields") or {}).get("fields", {}).items():
+            cm = m.get("confusion")
+            if cm and cm["labels"]:
+                confusions[f"{field} · {who}" if base else field] = {
+                    "header": ["reference \\ predicted", *map(str, cm["labels"])],
+                    "rows": [[str(lab), *row] for lab, row in zip(cm["labels"], cm["matrix"])]}
+    forgetting, lost = None, []
+    if "forgetting" in tuned:
+        fg = tuned["forgetting"]
+        forgetting = render_forgetting(fg, console=Console(file=io.StringIO(), width=200))
+        lost = [[r["id"], r["prompt"], r["base"], r["tuned"]] for r in fg["items"] if r["id"] in fg["lost"]]
+    png = out / "confusion.png"
+    return {"header": header, "table": table, "notes": notes, "confusions": confusions, "forgetting": forgetting,
+            "lost": lost, "png": png if png.exists() else None, "label": tuned["label"], "n": tuned["n"],
+            "model": tuned.get("model")}

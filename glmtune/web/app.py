@@ -1,11 +1,15 @@
 """`glmtune web [--port 7860] [--host 127.0.0.1] [--workspace DIR] [--token T]`: the whole path in a browser.
 
-Tabs: Data (upload or pick a file; `data check` problems as file:line; token stats with the real template),
-Train (a form over the typed config, validated by the config's own loader; the YAML and the equivalent CLI
-command; Start / Stop / Resume; the job list; live loss curve, progress with ETA, log tail), Export (run, shard
-size, dtype, device, output folder; the verify result; one click to chat with it) and Chat (a run or an
-export; multi-turn, Clear, Stateless). Training and export run as jobs: separate `glmtune` processes recorded
-in `<workspace>/jobs.sqlite`, so closing the page, reloading or restarting `glmtune web` loses nothing.
+Tabs: Data (upload or pick a file; `data check` problems as file:line; `data stats` with a token-length
+histogram drawn with the model's real template and what the cutoff would cut; `data render`; `oral build` from
+ISE results with its counts and errors), Plan (`glmtune plan` on the Train form), Train (a form over the typed
+config, validated by the config's own loader; the YAML and the equivalent CLI command; Start / Stop / Resume;
+the job list; live loss curve, progress with ETA, log tail), Export (run, shard size, dtype, device, output
+folder; the verify result; one click to chat with it), Evaluate (`glmtune eval` as a job; metrics table, base
+vs tuned, confusion matrices per field, forgetting delta; `eval compare` side by side) and Chat (a run, an
+export, several adapters on one base, or an OpenAI-compatible endpoint; multi-turn, Clear, Stateless).
+Training, export and evaluation run as jobs: separate `glmtune` processes recorded in `<workspace>/jobs.sqlite`,
+so closing the page, reloading or restarting `glmtune web` loses nothing.
 
 It binds 127.0.0.1. On any other address it refuses to start without an access token (--token or
 GLMTUNE_WEB_TOKEN; the login page takes any user name and the token as password). Every path the page
@@ -20,10 +24,9 @@ import argparse
 import hmac
 import os
 import sys
-import threading
 import time
 
-HELP = "The whole path in a browser (gradio): data check, training jobs that outlive the page, export, chat."
+HELP = "The whole path in a browser (gradio): data, plan, training jobs that outlive the page, export, eval, chat."
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TOKEN_ENV = "GLMTUNE_WEB_TOKEN"
 CSS = ".mono textarea {font-family: ui-monospace, monospace; font-size: 12px; white-space: pre;}"
@@ -83,13 +86,13 @@ def build_ui(ws):
     import pandas as pd
 
     from glmtune.errors import GlmtuneError
-    from glmtune.serve.chat_cli import ChatSession
+    from glmtune.serve.webui import stream_reply
     from glmtune.web import actions
+    from glmtune.web.chat import ChatModels, adapter_runs
 
     FORM_KEYS = [k for k, _, _ in actions.FORM_FIELDS]
     loss_empty = None
-    engines: dict = {"key": None, "engine": None}
-    engine_lock = threading.Lock()
+    models = ChatModels(ws)
 
     def err_text(err: Exception) -> str:
         return f"error: {err}"
@@ -113,10 +116,40 @@ def build_ui(ws):
 
     def on_stats(path, model, cutoff):
         try:
-            rows, line = actions.data_stats(ws, path, model, int(cutoff or 2048))
+            st = actions.data_stats(ws, path, model, int(cutoff or 2048))
         except (GlmtuneError, OSError, ValueError) as err:
-            return None, err_text(err)
-        return pd.DataFrame(rows, columns=["tokens", "p50", "p90", "p99", "max", "mean"]), line
+            return None, err_text(err), None, None, ""
+        line = actions.cli_line(["data", "stats", f"data.train={ws.resolve(path)}", f"model.path={model}",
+                                 f"data.cutoff_len={int(cutoff or 2048)}"])
+        return (pd.DataFrame(st["rows"], columns=["tokens", "p50", "p90", "p99", "max", "mean"]), st["line"],
+                actions.histogram_figure(st),
+                pd.DataFrame(st["hist"], columns=["from tokens", "to tokens", "samples", "past cutoff"]), line)
+
+    def on_render(path, model, cutoff, limit):
+        try:
+            html, _, problems = actions.render_data(ws, path, model, int(cutoff or 2048), int(limit or 0))
+        except (GlmtuneError, OSError, ValueError) as err:
+            return "", err_text(err)
+        return html, "\n".join(problems) or "every sample rendered"
+
+    def on_ise_upload(files, folder):
+        if not files:
+            return gr.update(), ""
+        try:
+            dest = ws.save_ise_uploads(files, folder or "ise")
+        except GlmtuneError as err:
+            return gr.update(), err_text(err)
+        return (gr.update(choices=actions.oral_inputs(ws), value=ws.rel(dest)),
+                f"saved {len(files)} file(s) to {ws.rel(dest)}")
+
+    def on_oral_build(source, out_name, mode, labels, label_file, on_bad, rejected):
+        try:
+            lines, out = actions.oral_build(ws, source, out_name, mode, labels, label_file or None, on_bad, rejected)
+        except (GlmtuneError, OSError, ValueError) as err:
+            return err_text(err), "", gr.update()
+        cmd = actions.cli_line(actions.oral_argv(ws, source, out, mode, labels, label_file or None, on_bad,
+                                                 rejected))
+        return "\n".join(lines), cmd, gr.update(choices=ws.data_files(), value=ws.rel(out))
 
     # -- Train --------------------------------------------------------------------------------------------------
     def form_dict(values) -> dict:
@@ -196,8 +229,8 @@ def build_ui(ws):
             job_id = default_job()
         runs = ws.runs(finished_only=True)
         return (jobs_frame(), gr.update(choices=choices, value=job_id), *job_view(job_id), export_status(),
-                gr.update(choices=runs), gr.update(choices=chat_sources()), *eval_status(), gr.update(choices=runs),
-                gr.update(choices=ws.data_files()))
+                gr.update(choices=runs), gr.update(choices=chat_sources()), eval_status()[0], gr.update(choices=runs),
+                gr.update(choices=ws.data_files()), gr.update(choices=actions.evals(ws)))
 
     def on_stop(job_id):
         try:
@@ -251,12 +284,34 @@ def build_ui(ws):
         text, png = actions.eval_report(ws, jobs[0])
         return text, str(png) if png else None
 
-    def on_eval(run, test, name, limit, max_new, base_too, forgetting):
+    def on_eval(run, test, name, limit, max_new, base_too, forgetting, spec, extra):
         try:
-            job, line = actions.start_eval(ws, run, test, name, limit, max_new, base_too, forgetting)
+            job, line = actions.start_eval(ws, run, test, name, limit, max_new, base_too, forgetting, spec, extra)
         except GlmtuneError as err:
             return "", err_text(err)
         return line, f"evaluation job {job.id} started"
+
+    def field_specs():
+        return ["oral", "none", *[f for f in ws.data_files(suffixes=(".yaml", ".yml"))]]
+
+    def on_view(name):
+        empty = (None, "", gr.update(choices=[], value=None), None, "", None, None, {})
+        try:
+            v = actions.eval_view(ws, name)
+        except (GlmtuneError, OSError, ValueError, KeyError) as err:
+            return (None, err_text(err), *empty[2:])
+        summary = f"`{v['model']}` · {v['n']} samples" + "".join(f"\n\n> {n}" for n in v["notes"])
+        names = list(v["confusions"])
+        first = names[0] if names else None
+        return (pd.DataFrame(v["table"], columns=v["header"]), summary,
+                gr.update(choices=names, value=first), confusion_frame(v["confusions"], first),
+                v["forgetting"] or "no forgetting check in this evaluation (tick Forgetting check)",
+                pd.DataFrame(v["lost"], columns=["id", "prompt", "base answer", "tuned answer"]) if v["lost"] else None,
+                str(v["png"]) if v["png"] else None, v["confusions"])
+
+    def confusion_frame(confusions, name):
+        cm = (confusions or {}).get(name)
+        return pd.DataFrame(cm["rows"], columns=cm["header"]) if cm else None
 
     def on_compare(names):
         try:
@@ -276,49 +331,45 @@ def build_ui(ws):
         src = f"export: {ws.rel(jobs[0].run_dir)}"
         return gr.Tabs(selected="chat"), gr.update(choices=chat_sources(), value=src), ""
 
-    def load_engine(source):
-        from glmtune.serve.engine import HFEngine
+    def on_source(source):
+        """A new source: forget the conversation; offer the runs whose adapters can join it."""
+        choices = []
+        if source and source.startswith("run: "):
+            try:
+                choices = adapter_runs(ws, source[5:])
+            except (GlmtuneError, OSError, ValueError, KeyError):
+                choices = []
+        return [], [], gr.update(choices=choices, value=[]), gr.update(choices=[], value=None)
 
-        if not source or ": " not in source:
-            raise GlmtuneError("pick a run or an export")
-        kind, rel = source.split(": ", 1)
-        path = ws.resolve(rel)
-        with engine_lock:
-            if engines["key"] != str(path):
-                engines["engine"] = None  # one model in memory at a time
-                engines["engine"] = (HFEngine.from_run(path) if kind == "run" else HFEngine.from_model_dir(str(path)))
-                engines["key"] = str(path)
-            return engines["engine"]
-
-    def on_load(source):
+    def on_load(source, adapters, api_key):
         try:
-            engine = load_engine(source)
+            chat = models.get(source, adapters, api_key=api_key or None)
+            if hasattr(chat, "models"):  # an endpoint: its model names (the served run and its adapters)
+                names = chat.models()
+                return f"endpoint {chat.url}: {len(names)} model(s)", gr.update(choices=names,
+                                                                               value=names[0] if names else None)
         except (GlmtuneError, OSError, ValueError) as err:
-            return err_text(err)
-        return f"loaded {engine.name}"
+            return err_text(err), gr.update()
+        names = models.names()
+        return f"loaded {', '.join(names)}", gr.update(choices=names, value=chat.name)
 
-    def respond(source, question, turns, stateless, system, max_tokens):
-        question = (question or "").strip()
-        if not question:
+    def respond(source, adapters, pick, api_key, question, turns, stateless, system, max_tokens):
+        if not (question or "").strip():
             yield "", turns, turns, gr.update()
             return
         try:
-            engine = load_engine(source)
+            engine = models.get(source, adapters, pick, endpoint_model=pick, api_key=api_key or None)
         except (GlmtuneError, OSError, ValueError) as err:
             yield question, turns, turns, err_text(err)
             return
-        session = ChatSession(system=system or None, stateless=stateless, history=list(turns))
-        shown = list(turns) + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        text = ""
+        shown = turns
         try:
-            for piece in engine.stream(session.messages_for(question), max_new_tokens=int(max_tokens)):
-                text += piece
-                shown[-1] = {"role": "assistant", "content": text}
-                yield "", shown, turns, f"answering with {engine.name}"
+            for shown, kept in stream_reply(engine, turns, question, stateless=stateless, system=system,
+                                            max_new_tokens=int(max_tokens)):
+                yield "", shown, kept, f"answering with {engine.name}"
         except GlmtuneError as err:
             yield "", shown, turns, err_text(err)
             return
-        shown[-1] = {"role": "assistant", "content": text.strip()}
         yield "", shown, shown, f"answered with {engine.name}"
 
     # -- Layout -------------------------------------------------------------------------------------------------
@@ -344,11 +395,53 @@ def build_ui(ws):
                                              elem_id="stats_model")
                     stats_cutoff = gr.Number(2048, label="cutoff_len", precision=0, elem_id="stats_cutoff")
                     stats_btn = gr.Button("Token stats (glmtune data stats)", elem_id="data_stats")
-                stats_line = gr.Textbox(label="Cutoff", elem_id="stats_line", interactive=False)
-                stats_table = gr.Dataframe(label="Token lengths", elem_id="stats_table", interactive=False)
+                    render_limit = gr.Number(2, label="Render the first N samples", precision=0,
+                                             elem_id="render_limit")
+                    render_btn = gr.Button("Render (glmtune data render)", elem_id="data_render")
+                stats_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="stats_command")
+                stats_line = gr.Textbox(label="What the cutoff would cut", elem_id="stats_line", interactive=False)
+                with gr.Row():
+                    stats_table = gr.Dataframe(label="Token lengths", elem_id="stats_table", interactive=False)
+                    stats_hist = gr.Image(label="Token-length histogram (real chat template)", elem_id="stats_hist",
+                                          interactive=False, height=280)
+                with gr.Accordion("Histogram bins", open=False):
+                    hist_table = gr.Dataframe(elem_id="hist_table", interactive=False)
+                render_problems = gr.Textbox(label="Render: problems", elem_id="render_problems", interactive=False)
+                render_html = gr.HTML(elem_id="render_html")
                 upload.upload(on_upload, upload, [data_file, data_summary])
                 check_btn.click(on_check, [data_file, data_fmt], [data_problems, data_summary])
-                stats_btn.click(on_stats, [data_file, stats_model, stats_cutoff], [stats_table, stats_line])
+                stats_btn.click(on_stats, [data_file, stats_model, stats_cutoff],
+                                [stats_table, stats_line, stats_hist, hist_table, stats_cmd])
+                render_btn.click(on_render, [data_file, stats_model, stats_cutoff, render_limit],
+                                 [render_html, render_problems])
+
+                gr.Markdown("#### Oral-reading data from ISE results (`glmtune oral build`)")
+                with gr.Row():
+                    ise_upload = gr.File(label="Upload ISE results (*.xml, *.txt, *.ref, or one .jsonl)",
+                                         file_count="multiple", elem_id="ise_upload", scale=2)
+                    with gr.Column(scale=3):
+                        ise_folder = gr.Textbox("ise", label="Upload into ise/NAME", elem_id="ise_folder")
+                        oral_src = gr.Dropdown(actions.oral_inputs(ws), label="ISE input (JSONL or folder)",
+                                               allow_custom_value=True, elem_id="oral_src")
+                        oral_labelfile = gr.Dropdown(["", *ws.data_files()], value="", allow_custom_value=True,
+                                                     label="--label-file (teacher scores, optional)",
+                                                     elem_id="oral_labelfile")
+                with gr.Row():
+                    oral_mode = gr.Dropdown(["evidence", "raw"], value="evidence", label="--mode", elem_id="oral_mode")
+                    oral_labels = gr.Dropdown(["rubric", "teacher"], value="rubric", label="--labels",
+                                              elem_id="oral_labels")
+                    oral_bad = gr.Dropdown(["error", "skip"], value="skip", label="--on-bad-record",
+                                           elem_id="oral_bad")
+                    oral_rejected = gr.Dropdown(["flag", "keep", "drop"], value="flag", label="--rejected",
+                                                elem_id="oral_rejected")
+                    oral_out = gr.Textbox("oral", label="Output (data/NAME.jsonl)", elem_id="oral_out")
+                    oral_btn = gr.Button("Build", variant="primary", elem_id="oral_build")
+                oral_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="oral_command")
+                oral_result = gr.Textbox(label="Build: counts and errors", lines=5, elem_id="oral_result",
+                                         interactive=False)
+                ise_upload.upload(on_ise_upload, [ise_upload, ise_folder], [oral_src, oral_result])
+                oral_btn.click(on_oral_build, [oral_src, oral_out, oral_mode, oral_labels, oral_labelfile, oral_bad,
+                                               oral_rejected], [oral_result, oral_cmd, data_file])
 
             with gr.Tab("Plan", id="plan", elem_id="tab_plan"):
                 gr.Markdown("Plans the config of the **Train** tab's form (`glmtune plan`): token lengths vs cutoff, "
@@ -479,11 +572,41 @@ def build_ui(ws):
                     eval_max_new = gr.Number(128, label="eval.max_new_tokens", precision=0, elem_id="eval_max_new")
                     eval_base = gr.Checkbox(False, label="Base too (base vs tuned)", elem_id="eval_base")
                     eval_forget = gr.Checkbox(False, label="Forgetting check", elem_id="eval_forget")
+                with gr.Row():
+                    eval_spec = gr.Dropdown(field_specs(), value="oral", allow_custom_value=True,
+                                            label="Field spec (structured answers; a YAML spec in the workspace)",
+                                            elem_id="eval_spec")
+                    eval_extra = gr.Textbox("", label="More settings: eval.key=value per line", lines=2,
+                                            elem_id="eval_extra")
                     eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval_start")
                 eval_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="eval_command")
                 eval_msg = gr.Textbox(label="Status", elem_id="eval_msg", interactive=False)
-                eval_report = gr.Markdown(elem_id="eval_report")
-                eval_png = gr.Image(label="Confusion matrices", elem_id="eval_png", interactive=False)
+                with gr.Accordion("Latest evaluation job: report.md", open=False, elem_id="eval_report_box"):
+                    eval_report = gr.Markdown(elem_id="eval_report")
+                gr.Markdown("#### An evaluation's tables (metrics, base vs tuned, confusion matrices, forgetting)")
+                with gr.Row():
+                    view_pick = gr.Dropdown(actions.evals(ws), label="Evaluation (evals/NAME)", allow_custom_value=True,
+                                            elem_id="view_pick", scale=4)
+                    view_btn = gr.Button("Show", elem_id="view_run", scale=1)
+                view_summary = gr.Markdown(elem_id="view_summary")
+                view_table = gr.Dataframe(label="Metrics (×100 where a share; base vs tuned when evaluated)",
+                                          elem_id="view_table", interactive=False, wrap=True)
+                confusions = gr.State({})
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        cm_pick = gr.Dropdown([], label="Confusion matrix of field", elem_id="cm_pick")
+                        cm_table = gr.Dataframe(label="rows = reference, columns = predicted", elem_id="cm_table",
+                                                interactive=False)
+                    eval_png = gr.Image(label="Confusion matrices (confusion.png)", elem_id="eval_png",
+                                        interactive=False, scale=3)
+                forget_line = gr.Textbox(label="Forgetting check (general prompts, base vs tuned)",
+                                         elem_id="forget_line", interactive=False)
+                forget_lost = gr.Dataframe(label="Prompts the tuned model lost", elem_id="forget_lost",
+                                           interactive=False, wrap=True)
+                view_btn.click(on_view, view_pick, [view_table, view_summary, cm_pick, cm_table, forget_line,
+                                                    forget_lost, eval_png, confusions])
+                cm_pick.input(confusion_frame, [confusions, cm_pick], cm_table)
+                view_pick.focus(lambda: gr.update(choices=actions.evals(ws)), None, view_pick)
                 gr.Markdown("#### Compare evaluations side by side (`glmtune eval compare`)")
                 with gr.Row():
                     compare_pick = gr.Dropdown(actions.evals(ws), multiselect=True, allow_custom_value=True,
@@ -496,13 +619,20 @@ def build_ui(ws):
                 compare_btn.click(on_compare, compare_pick, [compare_md, compare_png, compare_cmd])
                 compare_pick.focus(lambda: gr.update(choices=actions.evals(ws)), None, compare_pick)
                 eval_btn.click(on_eval, [eval_run, eval_test, eval_name, eval_limit, eval_max_new, eval_base,
-                                         eval_forget], [eval_cmd, eval_msg])
+                                         eval_forget, eval_spec, eval_extra], [eval_cmd, eval_msg])
+                eval_spec.focus(lambda: gr.update(choices=field_specs()), None, eval_spec)
 
             with gr.Tab("Chat", id="chat", elem_id="tab_chat"):
                 with gr.Row():
-                    chat_source = gr.Dropdown(chat_sources(), label="Run or export", allow_custom_value=True,
-                                              elem_id="chat_source", scale=4)
+                    chat_source = gr.Dropdown(chat_sources(), label="Run, export, or type endpoint: URL",
+                                              allow_custom_value=True, elem_id="chat_source", scale=4)
                     load_btn = gr.Button("Load", elem_id="chat_load", scale=1)
+                with gr.Row():
+                    chat_adapters = gr.Dropdown([], multiselect=True, label="Also load the adapters of (runs on the "
+                                                "same base)", elem_id="chat_adapters", scale=3)
+                    chat_pick = gr.Dropdown([], label="Answer with (model name)", allow_custom_value=True,
+                                            elem_id="chat_pick", scale=2)
+                    chat_key = gr.Textbox("", label="Endpoint API key", type="password", elem_id="chat_key", scale=1)
                 chat_status = gr.Textbox(label="Model", elem_id="chat_status", interactive=False)
                 chatbot = gr.Chatbot(elem_id="chat", height=360)
                 turns = gr.State([])
@@ -516,20 +646,21 @@ def build_ui(ws):
                                             elem_id="stateless")
                     max_tokens = gr.Slider(1, 2048, value=64, step=1, label="Max new tokens", elem_id="max_tokens")
                 system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
-                chat_in = [chat_source, msg, turns, stateless, system, max_tokens]
+                chat_in = [chat_source, chat_adapters, chat_pick, chat_key, msg, turns, stateless, system, max_tokens]
                 chat_out = [msg, chatbot, turns, chat_status]
                 msg.submit(respond, chat_in, chat_out)
                 send.click(respond, chat_in, chat_out)
                 clear.click(lambda: ([], []), None, [chatbot, turns])
-                load_btn.click(on_load, chat_source, chat_status)
-                chat_source.input(lambda: ([], []), None, [chatbot, turns])
+                load_btn.click(on_load, [chat_source, chat_adapters, chat_key], [chat_status, chat_pick])
+                chat_source.input(on_source, chat_source, [chatbot, turns, chat_adapters, chat_pick])
+                chat_pick.input(lambda: ([], []), None, [chatbot, turns])
 
         to_chat_btn.click(to_chat, None, [tabs, chat_source, export_msg])
         plan_btn.click(on_plan, [plan_gpu, *form], [plan_text, plan_hist, plan_advice, advice_pick, plan_cmd])
         apply_btn.click(on_apply, [advice_pick, *form], [*form, plan_msg])
         timer = gr.Timer(2.0)
         tick_out = [jobs_table, job_pick, progress, loss_plot, log_tail, export_out, export_run, chat_source,
-                    eval_report, eval_png, eval_run, eval_test]
+                    eval_report, eval_run, eval_test, view_pick]
         timer.tick(on_tick, job_pick, tick_out, show_progress="hidden")
         ui.load(on_tick, job_pick, tick_out)
     return ui

@@ -20,6 +20,7 @@ from glmtune.errors import GlmtuneError
 from glmtune.web.jobs import JobStore
 
 DATA_SUFFIXES = (".jsonl", ".json")
+ISE_SUFFIXES = (".xml", ".txt", ".ref", ".jsonl")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -35,6 +36,8 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 class Workspace:
+    OWN_FOLDERS = {"runs", "exports", "jobs", "evals", "plans", "configs"}  # what glmtune writes, not user data
+
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         for sub in ("data", "runs", "exports"):
@@ -80,15 +83,26 @@ class Workspace:
         shutil.copyfile(uploaded, dest)
         return dest
 
-    def data_files(self) -> list[str]:
+    def save_ise_uploads(self, uploaded: list, folder: str) -> Path:
+        """ISE results (*.xml, *.txt, *.ref sidecars, or one .jsonl) into ise/<folder>/, under cleaned base names."""
+        dest = self.root / "ise" / check_name(folder, "folder name")
+        dest.mkdir(parents=True, exist_ok=True)
+        for up in uploaded:
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(up).name).lstrip(".")
+            if not name.lower().endswith(ISE_SUFFIXES):
+                raise WebError(f"{Path(up).name}: ISE results are {', '.join(ISE_SUFFIXES)} files")
+            shutil.copyfile(up, dest / name)
+        return dest
+
+    def data_files(self, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[str]:
         """Data files anywhere in the workspace but the folders glmtune writes (runs, exports, jobs, ...)."""
-        skip = {"runs", "exports", "jobs", "evals", "plans", "configs"}
+        skip = self.OWN_FOLDERS
         out = []
         for top in sorted(self.root.iterdir()):
             if top.name in skip:
                 continue
             for p in [top] if top.is_file() else sorted(top.rglob("*")):
-                if p.is_file() and p.suffix in DATA_SUFFIXES:
+                if p.is_file() and p.suffix in suffixes:
                     out.append(str(p.relative_to(self.root)))
         return out
 

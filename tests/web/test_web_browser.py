@@ -8,12 +8,15 @@ the export and get an answer. Evaluate the run on a test file. A screenshot of e
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"messages": [{"role": "user", "content": "语速3"}, {"role": "assistant", "content": "语速:3;评语:好"}]}
 
 
@@ -60,7 +63,24 @@ def test_whole_path_in_headless_chromium(web_server, browser, tmp_path):
     assert text_of(page, "#data_summary textarea") == "data/chat.jsonl: 2 good record(s), 2 problem(s)"
     page.locator("#data_stats").click()
     wait_text(page, "#stats_line textarea", "2 samples with", 120_000)
+    page.locator("#stats_hist img").first.wait_for(timeout=30_000)  # the histogram, drawn with the real template
+    assert "glmtune data stats data.train=" in page.locator("#stats_command").inner_text()
+    page.locator("#data_render").click()
+    wait_text(page, "#render_problems textarea", "data/chat.jsonl:3: <json>: bad JSON", 120_000)
+    page.wait_for_function("() => (document.querySelector('#render_html') || {}).innerText?.includes('supervised:')",
+                           timeout=60_000)
     assert (ws / "data" / "chat.jsonl").exists()
+    # Oral build from uploaded ISE XML files: counts shown, the built file becomes the picked data file.
+    syn = tmp_path / "syn"
+    subprocess.run([sys.executable, "-m", "glmtune", "oral", "synth", "--n", "3", "--out", str(syn), "--xml"],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    (syn / "xml" / "notes.txt").write_text("not an ISE result", encoding="utf-8")
+    page.locator("#ise_upload input[type=file]").set_input_files([str(p) for p in sorted((syn / "xml").iterdir())])
+    wait_text(page, "#oral_result textarea", "saved 4 file(s) to ise/ise", 60_000)
+    page.locator("#oral_build").click()
+    wait_text(page, "#oral_result textarea", "wrote 3 samples to data/oral.jsonl", 60_000)
+    assert "ise/ise: 3 read, 0 skipped, 1 failed" in text_of(page, "#oral_result textarea")
+    assert "glmtune oral build" in page.locator("#oral_command").inner_text()
     page.screenshot(path=str(shots / "web-data.png"), full_page=True)
 
     # Plan: `glmtune plan` on the Train form's config, for a named GPU.
@@ -142,7 +162,17 @@ def test_whole_path_in_headless_chromium(web_server, browser, tmp_path):
     page.locator("#eval_max_new input").fill("16")
     page.locator("#eval_start").click()
     wait_text(page, "#eval_msg textarea", "evaluation job 3 started", 30_000)
+    page.get_by_text("Latest evaluation job: report.md").click()  # open the job's report.md
     page.wait_for_function("() => (document.querySelector('#eval_report') || {}).innerText?.includes('Text metrics')",
                            timeout=300_000)
     assert (ws / "evals" / "eval" / "report.json").exists()
+    page.get_by_text("Latest evaluation job: report.md").click()  # and fold it again for the tables below
+    # Its tables: the metrics of `eval compare`, the forgetting line (not asked for here).
+    page.wait_for_timeout(2500)  # the next refresh lists the new evaluation
+    page.locator("#view_pick input").click()
+    page.get_by_role("option", name="eval", exact=True).click()
+    page.locator("#view_run").click()
+    page.wait_for_function("() => (document.querySelector('#view_table') || {}).innerText?.includes('format validity')",
+                           timeout=60_000)
+    wait_text(page, "#forget_line textarea", "no forgetting check", 30_000)
     page.screenshot(path=str(shots / "web-evaluate.png"), full_page=True)

@@ -52,7 +52,8 @@ def test_web_killed_and_restarted_while_a_job_runs(web_server):
     test.write_text(json.dumps({"messages": [{"role": "user", "content": "语速3"},
                                              {"role": "assistant", "content": "语速:3;评语:好"}]},
                                ensure_ascii=False) + "\n", encoding="utf-8")
-    line, msg = client.predict("runs/restart-lora", "data/test.jsonl", "ev", 1, 8, False, False, api_name="/on_eval")
+    line, msg = client.predict("runs/restart-lora", "data/test.jsonl", "ev", 1, 8, False, False, "oral", "",
+                               api_name="/on_eval")
     assert msg == "evaluation job 2 started" and line.startswith("glmtune eval --run ") and "--limit 1" in line
     deadline = time.time() + 300
     report = ""
