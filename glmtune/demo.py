@@ -50,7 +50,7 @@ def run(args) -> int:
     from glmtune.data.dataset import demo_files
     from glmtune.data.formats import read_file
     from glmtune.evaluate.generate import items_from_conversations
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
     from glmtune.tasks.oral_reading.rubric import DIMENSIONS
     from glmtune.tasks.oral_reading.score import score_answers
     from glmtune.train.trainer import train

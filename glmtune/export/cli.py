@@ -40,11 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import sys
+    """Errors (glmtune.errors.GlmtuneError) reach cli.main: ExportError exits 2, ExportFailure
+    (verification, llama.cpp) 1."""
     from pathlib import Path
 
     from glmtune.config.load import load_config
-    from glmtune.export.merge import ExportError
+    from glmtune.errors import InputError
     from glmtune.export.pipeline import export_run
 
     if args.estimate:
@@ -54,9 +55,7 @@ def run(args) -> int:
     if args.quant:
         return _run_bnb(args)
     if args.merged:
-        print("error: --merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)",
-              file=sys.stderr)
-        return 1
+        raise InputError("--merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)")
     run_cfg = Path(args.run) / "config.yaml"
     cfg = load_config(run_cfg if run_cfg.exists() else None, list(args.items)).export
     for key in ("size", "dtype", "device"):
@@ -64,69 +63,46 @@ def run(args) -> int:
             setattr(cfg, key, getattr(args, key))
     if args.no_verify:
         cfg.verify = False
-    try:
-        result = export_run(args.run, cfg, out_dir=args.out)
-    except (ExportError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = export_run(args.run, cfg, out_dir=args.out)
     print(result.out_dir)
     return 0
 
 
 def _run_bnb(args) -> int:
-    import sys
     from pathlib import Path
 
     from glmtune.config.load import load_config
     from glmtune.export.bnb import export_bnb
-    from glmtune.export.merge import ExportError
 
     run_cfg = Path(args.run) / "config.yaml" if args.run else None
     cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
-    try:
-        out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
-                         verify=not args.no_verify)
-    except (ExportError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
+                     verify=not args.no_verify)
     print(out)
     return 0
 
 
 def _run_gguf(args) -> int:
-    import sys
     from pathlib import Path
 
     from glmtune.config.load import load_config
     from glmtune.export.gguf import export_gguf
-    from glmtune.export.merge import ExportError
 
     run_cfg = Path(args.run) / "config.yaml" if args.run else None
     cfg = load_config(run_cfg if run_cfg and run_cfg.exists() else None, list(args.items)).export
     for key in ("size", "dtype", "device"):
         if getattr(args, key):
             setattr(cfg, key, getattr(args, key))
-    try:
-        result = export_gguf(args.run or args.merged, args.quant, out_dir=args.out, cfg=cfg,
-                             verify=not args.no_verify, modelfile=not args.no_modelfile, system=args.system)
-    except (ExportError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = export_gguf(args.run or args.merged, args.quant, out_dir=args.out, cfg=cfg,
+                         verify=not args.no_verify, modelfile=not args.no_modelfile, system=args.system)
     print(result.out_dir)
     return 0
 
 
 def _estimate(model: str) -> int:
-    import sys
-
     from glmtune.export.gguf import BITS_PER_WEIGHT, size_estimates
-    from glmtune.export.merge import ExportError
 
-    try:
-        sizes = size_estimates(model)
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    sizes = size_estimates(model)
     print(f"{model}: size on disk per GGUF type (parameters x llama.cpp's measured bits per weight)")
     for q, b in sizes.items():
         print(f"  {q:7s} {BITS_PER_WEIGHT[q]:7.4f} bpw  {b / 1e9:6.2f} GB")

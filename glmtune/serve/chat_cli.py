@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_engine(args):
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     return HFEngine.from_run(args.run) if args.run else HFEngine.from_model_dir(args.model)
 

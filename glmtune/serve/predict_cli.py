@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from glmtune.data.formats import read_file
     from glmtune.evaluate.generate import generate_predictions, items_from_conversations
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     convs, issues = read_file(args.test)
     for issue in issues:
@@ -33,6 +33,12 @@ def run(args) -> int:
     items, problems = items_from_conversations(convs)
     for p in problems:
         print(f"skipped: {p}")
+    if not items:  # nothing to answer is a mistake, not an empty success
+        from glmtune.errors import InputError
+
+        skipped = len(issues) + len(problems)
+        raise InputError(f"{args.test}: no usable test samples"
+                         + (f" ({skipped} skipped, listed above)" if skipped else " (the file has no records)"))
     engine = HFEngine.from_run(args.run) if args.run else HFEngine.from_model_dir(args.model)
     res = generate_predictions(engine, items, args.out, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature)

@@ -276,7 +276,7 @@ def build_ui(ws):
         return gr.Tabs(selected="chat"), gr.update(choices=chat_sources(), value=src), ""
 
     def load_engine(source):
-        from glmtune.serve.engine import HFEngine
+        from glmtune.inference.engine import HFEngine
 
         if not source or ": " not in source:
             raise GlmtuneError("pick a run or an export")
