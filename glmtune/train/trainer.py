@@ -313,11 +313,11 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     from glmtune.models.load import stop_token_ids
     from transformers.trainer_callback import ProgressCallback
 
+    from glmtune.run.folder import (DATA_REPORT, LOSS_PLOT, METRICS, SKIPS, SUMMARY, TENSORBOARD, TOKENIZER,
+                                    write_config, write_method)
     from glmtune.train.callbacks import MetricsJsonl, QuietProgress, plot_loss
     from glmtune.train.launch import agree_on_resume, check_resume, full_parameters
     from glmtune.train.preflight import run_preflight
-    from glmtune.run.folder import (DATA_REPORT, LOSS_PLOT, METRICS, SKIPS, SUMMARY, TENSORBOARD, TOKENIZER,
-                                    write_config, write_method)
 
     check_precision(cfg.train.precision)
     check_inputs(cfg)
@@ -328,8 +328,6 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     method, loaded = load_for_training(cfg)
     tok = loaded.tokenizer
     data = prepare(cfg, tok, stop_token_ids(tok, loaded.family))
-    if rank == 0:  # written once the data and model are known good: a failed start leaves no run folder
-        write_config(out, cfg)
     for line in data.report.lines():
         _say(line, quiet, rank)
     run_preflight(cfg, data, loaded, quiet=quiet or rank != 0)
@@ -351,6 +349,8 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
                              "data.validation=FILE or data.val_size (a count or a fraction of data.train)")
         _say(f"train.eval_steps={cfg.train.eval_steps} but there is no validation split (data.validation unset, "
              "data.val_size=0): no evaluation will run", quiet, rank)
+    if rank == 0:  # written once data, model, method and settings are known good: a failed start leaves no run folder
+        write_config(out, cfg)
     args = training_arguments(cfg, out, len(data.train), world, has_val=bool(data.val))
     Trainer = make_trainer_class()
     metrics_cb = MetricsJsonl(out / METRICS)
