@@ -6,8 +6,8 @@ exiting with the class's `exit_code`; anything else is a bug and keeps its trace
     exit  kind                                   classes (and their subclasses)
     0     success
     1     the input was valid, the work failed   RunFailure: GenerationError (the model raised while
-                                                 answering), export.merge.ExportFailure (an export did not verify, or
-                                                 llama.cpp's converter failed)
+                                                 answering), export.merge.ExportFailure (an export did not
+                                                 verify, or llama.cpp's converter failed)
     2     the input is wrong (fix and rerun)     GlmtuneError itself; InputError (MissingFileError,
                                                  MethodError); config.load.ConfigError (config files,
                                                  overrides, values; DataError, TemplateError, ...);

@@ -127,9 +127,9 @@ def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None
             record["passed"] = bool(max(diffs) <= tol and min(top1) >= min_top1 and loaded_quantized)
             if not record["passed"]:
                 atomic_write_json(failed_path, record)
-                raise ExportFailure(f"{quant} verification failed: max |Δlogit| {max(diffs):.3g} (tolerance {tol:.3g}), "
-                                  f"top-1 {min(top1):.0%} (least {min_top1:.0%}); figures in {failed_path}. "
-                                  f"Nothing was written to {out}.")
+                raise ExportFailure(f"{quant} verification failed: max |Δlogit| {max(diffs):.3g} "
+                                    f"(tolerance {tol:.3g}), top-1 {min(top1):.0%} (least {min_top1:.0%}); "
+                                    f"figures in {failed_path}. Nothing was written to {out}.")
             atomic_write_json(staging / "verify.json", record)
         if hf != source:
             shutil.rmtree(hf)

@@ -100,7 +100,7 @@ def convert(hf_dir: Path, outfile: Path, outtype: str, stop_ids: list[int], log=
     if proc.returncode != 0 or not outfile.exists():
         tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-3:]
         raise ExportFailure(f"llama.cpp's converter failed on {hf_dir} (exit {proc.returncode}): "
-                          + " | ".join(tail))
+                            + " | ".join(tail))
     notes = [ln.split("glmtune: ", 1)[1] for ln in (proc.stdout + proc.stderr).splitlines() if "glmtune: " in ln]
     return {"seconds": round(time.perf_counter() - t0, 2), "outtype": outtype, "fixes_applied": notes}
 
@@ -116,7 +116,8 @@ def quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) 
     t0 = time.perf_counter()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.exists():
-        raise ExportFailure(f"llama.cpp could not quantize {src.name} to {ftype_name} (llama_model_quantize returned {rc})")
+        raise ExportFailure(f"llama.cpp could not quantize {src.name} to {ftype_name} "
+                            f"(llama_model_quantize returned {rc})")
     return {"seconds": round(time.perf_counter() - t0, 2), "from": src.name, "ftype": ftype_name}
 
 
@@ -210,7 +211,7 @@ def export_gguf(source: str | Path, quants: str | list[str] | None = None, out_d
                 atomic_write_json(failed_path, verify_all)
                 bad = {n: v["failures"] for n, v in verify_all["files"].items() if not v["passed"]}
                 raise ExportFailure(f"GGUF verification failed: {bad} (figures in {failed_path}). "
-                                  f"Nothing was written to {out}.")
+                                    f"Nothing was written to {out}.")
             atomic_write_json(staging / "verify.json", verify_all)
         if modelfile:
             from glmtune.export.ollama import write_modelfiles

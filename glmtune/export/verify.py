@@ -104,8 +104,10 @@ def _verify_whole_model(run, export_dir: str | Path, tolerance: float | None = N
 
     from glmtune.data.render import chat_ids
     from glmtune.inference.engine import HFEngine
+    from glmtune.run.folder import as_run
     from glmtune.run.load import load_full_precision_adapter
 
+    run = as_run(run)
     prompts = prompts or VERIFY_PROMPTS
     engine = HFEngine.from_run(run)
     trust = bool(getattr(engine.model.config, "auto_map", None))

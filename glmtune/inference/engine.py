@@ -2,8 +2,8 @@
 
 CLI chat, web chat, predictions, eval and the HTTP API all talk to an engine, never to the model.
 `from_run` puts a run's trained part (adapter or weights) on its base (glmtune.run.load does the loading);
-`from_model_dir` loads a plain or exported folder (or `tiny:glm4`). Prompts are rendered with the tokenizer's own chat template, the
-same one training used; generation stops on the family's turn-closing tokens.
+`from_model_dir` loads a plain or exported folder (or `tiny:glm4`). Prompts are rendered with the tokenizer's
+own chat template, the same one training used; generation stops on the family's turn-closing tokens.
 """
 
 from __future__ import annotations

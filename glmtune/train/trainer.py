@@ -1,8 +1,8 @@
 """RunConfig + method -> transformers.Trainer -> run folder.
 
 The run folder is the contract with later stages; its layout lives in glmtune/run/folder.py (the file names
-used here come from there). Every file is written atomically; checkpoints get a completion marker and resume uses only complete ones,
-so a crash or Ctrl-C loses at most the steps since the last checkpoint.
+used here come from there). Every file is written atomically; checkpoints get a completion marker and resume
+uses only complete ones, so a crash or Ctrl-C loses at most the steps since the last checkpoint.
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ def test_qlora_export_merges_into_the_full_precision_base(run_factory, tmp_path)
     the gap to the 4-bit model it trained on (the base's quantisation error) is reported, not judged."""
     from transformers import AutoModelForCausalLM
 
-    from glmtune.export.verify import _full_precision_reference
+    from glmtune.run.folder import Run
+    from glmtune.run.load import load_full_precision_adapter
 
     run = run_factory("qlora", "method.name=qlora", "method.rank=4")
     lines = []
@@ -188,5 +189,5 @@ def test_qlora_export_merges_into_the_full_precision_base(run_factory, tmp_path)
     ids = torch.tensor([[3, 10, 20, 30, 40, 50]])
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(res.out_dir, dtype=torch.float32)(ids).logits
-        reference = _full_precision_reference(run)(input_ids=ids).logits
+        reference = load_full_precision_adapter(Run.open(run))(input_ids=ids).logits
     assert float((merged - reference).abs().max()) < 1e-4

@@ -29,7 +29,8 @@ def run_dir(tmp_path_factory):
 
 def test_training_writes_what_run_open_reads(run_dir):
     run = Run.open(run_dir)
-    assert (run.method, run.artifact_name, run.base) == ("lora", "adapter", json.loads((run_dir / METHOD).read_text())["base"])
+    base = json.loads((run_dir / METHOD).read_text())["base"]
+    assert (run.method, run.artifact_name, run.base) == ("lora", "adapter", base)
     assert run.is_adapter and not run.full_weights and run.artifact == run_dir / "adapter"
     assert run.tokenizer_dir == run_dir / "tokenizer" and run.chat_template_sha256
     assert run.config.method.name == "lora" and run.config.method.rank == 4
