@@ -40,7 +40,7 @@ def main() -> None:
     import torch
 
     from glmtune.evaluate.generate import generate_predictions
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     engine = HFEngine.from_model_dir(args.model)
     items = prompts(args.n)

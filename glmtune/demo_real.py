@@ -55,7 +55,7 @@ def run(args) -> int:
 
     from glmtune.config.load import ConfigError, load_config
     from glmtune.models.gguf_base import smollm2_gguf
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
     from glmtune.train.trainer import train
     from glmtune.utils.io import atomic_write_json, write_jsonl
 

@@ -77,6 +77,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             lines.append(f"  unknown key '{path}'")
         else:
             lines.append(f"  {path}: {e['msg']}")
+    if len(lines) == 2:  # one problem: one line, as every other error glmtune prints
+        return f"{lines[0]} {lines[1].strip()}"
     return "\n".join(lines)
 
 

@@ -64,7 +64,7 @@ class GenerationEvalCallback(TrainerCallback):
         Through the serving engine (same rendering as training, same stop ids, and the one generation path
         that keeps a P-Tuning prefix: transformers' generate() drops PEFT's prefix from 5.24 on)."""
         from glmtune.models.families import family_of
-        from glmtune.serve.engine import HFEngine
+        from glmtune.inference.engine import HFEngine
 
         was_training = model.training
         engine = HFEngine(model, self.tokenizer, family_of(getattr(model.config, "model_type", None)))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 from pathlib import Path
 
 from glmtune.config.cli import add_config_args, config_from_args
+from glmtune.errors import InputError
 
 HELP = "Evaluate a run, a model folder or an OpenAI-compatible endpoint on a test set (BLEU/ROUGE, field metrics, forgetting); 'eval compare' lines up reports."
 
@@ -59,14 +59,13 @@ def _fingerprint(*folders: Path) -> str:
 class _Target:
     """One model to evaluate: how to build its engine and how to describe it in reports."""
 
-    def __init__(self, kind: str, ref: str, args, cfg, name: str):
+    def __init__(self, kind: str, ref, args, cfg, name: str):
+        # ref: a glmtune.run.folder.Run ("run"), a model folder ("dir"), a model name ("endpoint")
         self.kind, self.ref, self.args, self.cfg, self.name = kind, ref, args, cfg, name
 
     def describe(self) -> dict:
         if self.kind == "run":
-            meta = json.loads((Path(self.ref) / "method.json").read_text())
-            fp = _fingerprint(Path(self.ref) / meta["artifact"])
-            return {"model": f"run:{Path(self.ref).resolve()}", "model_fingerprint": fp}
+            return {"model": f"run:{self.ref.dir.resolve()}", "model_fingerprint": _fingerprint(self.ref.artifact)}
         if self.kind == "dir":
             from glmtune.models.load import resolve_path
 
@@ -80,7 +79,7 @@ class _Target:
             key = self.args.api_key or os.environ.get(self.cfg.eval.api_key_env)
             return OpenAIEngine(self.args.endpoint, self.ref, key, concurrency=self.cfg.eval.batch_size,
                                 timeout=self.cfg.eval.request_timeout)
-        from glmtune.serve.engine import HFEngine
+        from glmtune.inference.engine import HFEngine
 
         if self.kind == "run":
             return HFEngine.from_run(self.ref)
@@ -90,22 +89,21 @@ class _Target:
 def _targets(args, cfg) -> tuple[_Target, _Target | None]:
     chosen = [x for x in (args.run, args.model_dir, args.endpoint) if x]
     if len(chosen) != 1:
-        raise SystemExit("error: give exactly one of --run RUN, --model-dir DIR, --endpoint URL")
+        raise InputError("give exactly one of --run RUN, --model-dir DIR, --endpoint URL")
     base = None
     if args.run:
-        meta_path = Path(args.run) / "method.json"
-        if not meta_path.exists():
-            raise SystemExit(f"error: {args.run} is not a finished run folder (no method.json)")
-        meta = json.loads(meta_path.read_text())
-        tuned = _Target("run", args.run, args, cfg, args.label or Path(args.run).resolve().name)
-        base = _Target("dir", args.base_model or meta["base"], args, cfg, "base")
+        from glmtune.run.folder import Run
+
+        run = Run.open(args.run)
+        tuned = _Target("run", run, args, cfg, args.label or run.dir.resolve().name)
+        base = _Target("dir", args.base_model or run.base, args, cfg, "base")
     elif args.model_dir:
         tuned = _Target("dir", args.model_dir, args, cfg, args.label or Path(args.model_dir).name.replace(":", "-"))
         if args.base_model:
             base = _Target("dir", args.base_model, args, cfg, "base")
     else:
         if not args.endpoint_model:
-            raise SystemExit("error: --endpoint needs --endpoint-model NAME")
+            raise InputError("--endpoint needs --endpoint-model NAME")
         tuned = _Target("endpoint", args.endpoint_model, args, cfg, args.label or args.endpoint_model)
         if args.base_model:
             base = _Target("endpoint", args.base_model, args, cfg, "base")
@@ -141,7 +139,7 @@ def run_compare(refs: list[str], out: str | None) -> int:
     from glmtune.evaluate.compare import write_comparison
 
     if len(refs) < 1:
-        raise SystemExit("error: eval compare needs at least one report (folder or report.json)")
+        raise InputError("eval compare needs at least one report (folder or report.json)")
     paths = write_comparison(refs, out or "eval/compare")
     for p in paths.values():
         print(f"wrote {p}")
@@ -157,11 +155,12 @@ def run(args) -> int:
     from glmtune.evaluate.fields import FieldSpec
     from glmtune.evaluate.generate import PredictionsMismatch, items_from_conversations
     from glmtune.evaluate.report import print_summary, write_report
+    from glmtune.run.folder import EVAL
 
     tuned, base = _targets(args, cfg)
     test = args.test or cfg.data.test
     if not test:
-        raise SystemExit("error: no test set: give --test FILE or data.test=FILE")
+        raise InputError("no test set: give --test FILE or data.test=FILE")
     convs, issues = read_file(test, cfg.data.format, cfg.data.columns)
     items, problems = items_from_conversations(convs)
     for msg in [str(i) for i in issues] + problems:
@@ -169,12 +168,12 @@ def run(args) -> int:
     if args.limit:
         items = items[:args.limit]
     if not items:
-        raise SystemExit(f"error: {test}: no usable test samples")
+        raise InputError(f"{test}: no usable test samples")
     field_spec = FieldSpec.load(e.field_spec) if ("fields" in e.metrics and e.field_spec) else None
-    out = Path(args.out or e.out_dir or (Path(args.run) / "eval" if args.run else Path("eval") / tuned.name))
+    out = Path(args.out or e.out_dir or (tuned.ref.dir / EVAL if tuned.kind == "run" else Path("eval") / tuned.name))
     want_forgetting = args.forgetting or e.forgetting
     if (args.base_too or want_forgetting) and base is None:
-        raise SystemExit("error: --base-too/--forgetting need the base model: pass --base-model")
+        raise InputError("--base-too/--forgetting need the base model: pass --base-model")
 
     from glmtune.evaluate import forgetting as fg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from glmtune.errors import InputError, MissingFileError
 from glmtune.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["compare_reports", "comparison_rows", "load_report", "write_comparison"]
@@ -21,10 +22,13 @@ def load_report(ref: str | Path) -> dict:
     if p.is_dir():
         p = p / "report.json"
     if not p.exists():
-        raise FileNotFoundError(f"{ref}: no report.json there (run `glmtune eval ... --out DIR` first)")
-    rep = json.loads(p.read_text("utf-8"))
-    if "glmtune_report" not in rep:
-        raise ValueError(f"{p}: not a glmtune eval report")
+        raise MissingFileError(f"{ref}: no report.json there (run `glmtune eval ... --out DIR` first)")
+    try:
+        rep = json.loads(p.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{p}: not a glmtune eval report ({err})") from None
+    if not isinstance(rep, dict) or "glmtune_report" not in rep:
+        raise InputError(f"{p}: not a glmtune eval report")
     rep.setdefault("label", p.parent.name)
     rep["_path"] = str(p)
     return rep

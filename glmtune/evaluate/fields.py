@@ -126,14 +126,16 @@ class FieldSpec:
             return cls.builtin(str(ref))
         import yaml
 
+        from glmtune.errors import InputError, MissingFileError
+
         path = Path(ref)
         if not path.exists():
-            raise FileNotFoundError(f"field spec {ref!r}: not a built-in name ({', '.join(field_spec_names())}) "
-                                    f"and no such YAML file")
+            raise MissingFileError(f"field spec {ref!r}: not a built-in name ({', '.join(field_spec_names())}) "
+                                  f"and no such YAML file")
         try:
             return cls.from_dict(yaml.safe_load(path.read_text("utf-8")) or {}, path.stem)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from None
+        except (ValueError, TypeError, yaml.YAMLError) as err:
+            raise InputError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "pair_separators": list(self.pair_separators), "kv_separators": list(self.kv_separators),

@@ -19,6 +19,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from glmtune.errors import InputError
+
 __all__ = ["FORGETTING_SPEC", "answer_ok", "forgetting_delta", "load_items", "render_forgetting", "run_forgetting",
            "score_engine"]
 
@@ -33,9 +35,12 @@ def load_items(path: str | Path | None = None) -> list[dict]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        item = json.loads(line)
-        if not item.get("prompt") or not item.get("accept"):
-            raise ValueError(f"{path or 'forgetting_general.jsonl'}:{n}: needs 'prompt' and a non-empty 'accept' list")
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path or 'forgetting_general.jsonl'}:{n}: not JSON ({err})") from None
+        if not isinstance(item, dict) or not item.get("prompt") or not item.get("accept"):
+            raise InputError(f"{path or 'forgetting_general.jsonl'}:{n}: needs 'prompt' and a non-empty 'accept' list")
         item.setdefault("id", f"line-{n}")
         items.append(item)
     return items

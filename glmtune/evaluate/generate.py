@@ -10,7 +10,7 @@ file). Resuming with different settings would mix two models' answers in one rep
 with a message saying how to start fresh.
 
 Engines: anything with `generate(batch, max_new_tokens, temperature, top_p) -> list[Completion]`:
-`glmtune.serve.engine.HFEngine` (local run folder / exported model) or `OpenAIEngine` below (any
+`glmtune.inference.engine.HFEngine` (local run folder / exported model) or `OpenAIEngine` below (any
 OpenAI-compatible endpoint: glmtune serve, vLLM, SGLang, a hosted API).
 """
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from glmtune.errors import InputError
 from glmtune.utils.io import atomic_write_json, write_jsonl
 
 __all__ = ["Completion", "Engine", "EvalItem", "OpenAIEngine", "PredictionsMismatch", "generate_predictions",
@@ -71,7 +72,7 @@ def items_from_conversations(conversations: Sequence) -> tuple[list[EvalItem], l
     return items, problems
 
 
-class PredictionsMismatch(ValueError):
+class PredictionsMismatch(InputError):
     """The predictions file in --out was produced with other settings."""
 
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from glmtune.export.merge import ExportError
+from glmtune.export.merge import ExportError, ExportFailure
 
 # relative max |Δlogit| (x max(1, max |logit|)) and least top-1 agreement. Measured on the tiny LoRA run:
 # bnb8 0.8% and 100%, bnb4 6.3% and 89%; the bounds leave about 2-4x room.
@@ -69,12 +69,13 @@ def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None
     from glmtune.methods.qlora import keep_standard_4bit_layout
     from glmtune.models.families import family_of
     from glmtune.models.load import load_tokenizer, model_type_of, stop_token_ids
+    from glmtune.run.folder import is_finished
     from glmtune.utils.io import atomic_dir, atomic_write_json
 
     if quant not in BNB_TOLERANCE:
         raise ExportError(f"--quant {quant!r}: the hf format quantises with bnb4 or bnb8")
     source = Path(source)
-    is_run = (source / "method.json").exists()
+    is_run = is_finished(source)
     out = Path(out_dir or (source / f"export-{quant}" if is_run else source.with_name(f"{source.name}-{quant}")))
     failed_path = out.with_name(out.name + ".verify-failed.json")
     t0 = time.perf_counter()
@@ -126,9 +127,9 @@ def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None
             record["passed"] = bool(max(diffs) <= tol and min(top1) >= min_top1 and loaded_quantized)
             if not record["passed"]:
                 atomic_write_json(failed_path, record)
-                raise ExportError(f"{quant} verification failed: max |Δlogit| {max(diffs):.3g} (tolerance {tol:.3g}), "
-                                  f"top-1 {min(top1):.0%} (least {min_top1:.0%}); figures in {failed_path}. "
-                                  f"Nothing was written to {out}.")
+                raise ExportFailure(f"{quant} verification failed: max |Δlogit| {max(diffs):.3g} "
+                                    f"(tolerance {tol:.3g}), top-1 {min(top1):.0%} (least {min_top1:.0%}); "
+                                    f"figures in {failed_path}. Nothing was written to {out}.")
             atomic_write_json(staging / "verify.json", record)
         if hf != source:
             shutil.rmtree(hf)

@@ -53,9 +53,9 @@ def export_config(args):
 
 
 def run(args) -> int:
-    import sys
-
-    from glmtune.export.merge import ExportError
+    """Errors (glmtune.errors.GlmtuneError) reach cli.main: ExportError exits 2, ExportFailure
+    (verification, llama.cpp) 1."""
+    from glmtune.errors import InputError
     from glmtune.export.pipeline import export_run
 
     if args.estimate:
@@ -65,64 +65,37 @@ def run(args) -> int:
     if args.quant:
         return _run_bnb(args)
     if args.merged:
-        print("error: --merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)",
-              file=sys.stderr)
-        return 1
+        raise InputError("--merged needs --format gguf or --quant bnb4|bnb8 (a merged folder already is the hf format)")
     cfg = export_config(args)
-    try:
-        result = export_run(args.run, cfg, out_dir=args.out)
-    except (ExportError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = export_run(args.run, cfg, out_dir=args.out)
     print(result.out_dir)
     return 0
 
 
 def _run_bnb(args) -> int:
-    import sys
-
     from glmtune.export.bnb import export_bnb
-    from glmtune.export.merge import ExportError
 
     cfg = export_config(args)
-    try:
-        out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
-                         verify=cfg.verify)
-    except (ExportError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = export_bnb(args.run or args.merged, args.quant.strip().lower(), out_dir=args.out, cfg=cfg,
+                     verify=cfg.verify)
     print(out)
     return 0
 
 
 def _run_gguf(args) -> int:
-    import sys
-
     from glmtune.export.gguf import export_gguf
-    from glmtune.export.merge import ExportError
 
     cfg = export_config(args)
-    try:
-        result = export_gguf(args.run or args.merged, args.quant, out_dir=args.out, cfg=cfg,
-                             verify=cfg.verify, modelfile=not args.no_modelfile, system=args.system)
-    except (ExportError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = export_gguf(args.run or args.merged, args.quant, out_dir=args.out, cfg=cfg,
+                         verify=cfg.verify, modelfile=not args.no_modelfile, system=args.system)
     print(result.out_dir)
     return 0
 
 
 def _estimate(model: str) -> int:
-    import sys
-
     from glmtune.export.gguf import BITS_PER_WEIGHT, size_estimates
-    from glmtune.export.merge import ExportError
 
-    try:
-        sizes = size_estimates(model)
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    sizes = size_estimates(model)
     print(f"{model}: size on disk per GGUF type (parameters x llama.cpp's measured bits per weight)")
     for q, b in sizes.items():
         print(f"  {q:7s} {BITS_PER_WEIGHT[q]:7.4f} bpw  {b / 1e9:6.2f} GB")

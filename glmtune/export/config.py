@@ -21,7 +21,7 @@ class ExportSection(Section):
     @field_validator("size")
     @classmethod
     def _size_parses(cls, v: str) -> str:
-        from glmtune.export.shards import parse_size
+        from glmtune.utils.shards import parse_size
 
         parse_size(v)
         return v

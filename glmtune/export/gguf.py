@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from glmtune.export.merge import ExportError
+from glmtune.export.merge import ExportError, ExportFailure
 
 # name -> how it is made: ("convert", converter --outtype) or ("quantize", llama.cpp LLAMA_FTYPE_* name).
 QUANTS: dict[str, tuple[str, str]] = {
@@ -99,8 +99,8 @@ def convert(hf_dir: Path, outfile: Path, outtype: str, stop_ids: list[int], log=
     logfile.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not outfile.exists():
         tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-3:]
-        raise ExportError(f"llama.cpp's converter failed on {hf_dir} (exit {proc.returncode}): "
-                          + " | ".join(tail))
+        raise ExportFailure(f"llama.cpp's converter failed on {hf_dir} (exit {proc.returncode}): "
+                            + " | ".join(tail))
     notes = [ln.split("glmtune: ", 1)[1] for ln in (proc.stdout + proc.stderr).splitlines() if "glmtune: " in ln]
     return {"seconds": round(time.perf_counter() - t0, 2), "outtype": outtype, "fixes_applied": notes}
 
@@ -116,7 +116,8 @@ def quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) 
     t0 = time.perf_counter()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.exists():
-        raise ExportError(f"llama.cpp could not quantize {src.name} to {ftype_name} (llama_model_quantize returned {rc})")
+        raise ExportFailure(f"llama.cpp could not quantize {src.name} to {ftype_name} "
+                            f"(llama_model_quantize returned {rc})")
     return {"seconds": round(time.perf_counter() - t0, 2), "from": src.name, "ftype": ftype_name}
 
 
@@ -131,7 +132,9 @@ def tensor_types(path: Path) -> dict[str, int]:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "method.json").exists()
+    from glmtune.run.folder import is_finished
+
+    return is_finished(path)
 
 
 def export_gguf(source: str | Path, quants: str | list[str] | None = None, out_dir: str | Path | None = None,
@@ -207,8 +210,8 @@ def export_gguf(source: str | Path, quants: str | list[str] | None = None, out_d
             if not verify_all["passed"]:
                 atomic_write_json(failed_path, verify_all)
                 bad = {n: v["failures"] for n, v in verify_all["files"].items() if not v["passed"]}
-                raise ExportError(f"GGUF verification failed: {bad} (figures in {failed_path}). "
-                                  f"Nothing was written to {out}.")
+                raise ExportFailure(f"GGUF verification failed: {bad} (figures in {failed_path}). "
+                                    f"Nothing was written to {out}.")
             atomic_write_json(staging / "verify.json", verify_all)
         if modelfile:
             from glmtune.export.ollama import write_modelfiles

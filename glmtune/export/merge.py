@@ -21,11 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from glmtune.errors import GlmtuneError, RunFailure
+
 PEFT_PREFIX = "base_model.model."
 
 
-class ExportError(RuntimeError):
-    """An export that cannot be done or did not verify; the message says why and what to do."""
+class ExportError(GlmtuneError, RuntimeError):
+    """An export that cannot be done as asked (exit 2); the message says why and what to do."""
+
+
+class ExportFailure(RunFailure, ExportError):
+    """An export that ran and failed: it did not verify, or llama.cpp's converter/quantizer failed (exit 1)."""
 
 
 @dataclass

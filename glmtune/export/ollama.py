@@ -230,7 +230,9 @@ def modelfile_text(gguf_name: str, template: str, stop_tokens: list[str], system
              f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     if system:
         if '"""' in system:
-            raise ValueError('the system prompt contains \'"""\', which a Modelfile cannot quote')
+            from glmtune.errors import InputError
+
+            raise InputError('the system prompt contains \'"""\', which a Modelfile cannot quote')
         lines.append(f'SYSTEM """{system}"""')
     lines += [f'PARAMETER stop "{t}"' for t in stop_tokens]
     return "\n".join(lines) + "\n"

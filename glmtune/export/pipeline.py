@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from glmtune.export.merge import ExportError
+from glmtune.export.merge import ExportError, ExportFailure
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -54,7 +54,7 @@ def _check_device(device: str):
     return dev
 
 
-def _copy_support_files(run_dir: Path, base_dir: Path, source_dir: Path, out: Path, dtype_name: str, stop_ids) -> None:
+def _copy_support_files(run, base_dir: Path, source_dir: Path, out: Path, dtype_name: str, stop_ids) -> None:
     """config.json (with the export dtype), generation_config.json, tokenizer + chat template, remote code.
 
     The tokenizer comes from the run's `tokenizer/` (what training rendered with) and is copied byte
@@ -71,7 +71,7 @@ def _copy_support_files(run_dir: Path, base_dir: Path, source_dir: Path, out: Pa
         shutil.copy2(gen, out / gen.name)
     else:  # without it, vLLM and plain generate() would not stop at GLM's <|user|>
         (out / gen.name).write_text(json.dumps({"eos_token_id": list(stop_ids)}, indent=2) + "\n")
-    tok_dir = run_dir / "tokenizer" if (run_dir / "tokenizer" / "tokenizer_config.json").exists() else base_dir
+    tok_dir = run.tokenizer_dir or base_dir
     for name in TOKENIZER_FILES:
         if (tok_dir / name).exists():
             shutil.copy2(tok_dir / name, out / name)
@@ -205,15 +205,16 @@ def staging_dir(out: str | Path, log=print):
             os.close(fd)
 
 
-def _in_memory_merge(run_dir: Path, meta: dict, out: Path, max_bytes: int, torch_dtype) -> dict:
-    from glmtune.serve.engine import HFEngine
+def _in_memory_merge(run, out: Path, max_bytes: int, torch_dtype) -> dict:
     from glmtune.methods import get
+    from glmtune.run.load import load_trained
 
-    engine = HFEngine.from_run(run_dir)
-    merged = get(meta["method"]).merge(engine.model)
+    model, _ = load_trained(run)
+    merged = get(run.method).merge(model.eval())
     if merged is None:
+        run_dir = run.dir
         raise ExportError(
-            f"method {meta['method']!r} cannot be merged into the base: it does not change base weights "
+            f"method {run.method!r} cannot be merged into the base: it does not change base weights "
             f"(it learns e.g. a prefix), so there is nothing to fold in. Use the run directly: "
             f"`glmtune serve --run {run_dir}` or `glmtune chat --run {run_dir}`."
         )
@@ -226,30 +227,28 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
     """Merge, shard, write atomically, verify. Raises ExportError (nothing left that looks complete)."""
     from glmtune.export.config import ExportSection
     from glmtune.export.merge import FileTensors, adapter_config, read_lora, stream_merge, streaming_unsupported
-    from glmtune.export.shards import ShardWriter, parse_size
+    from glmtune.utils.shards import ShardWriter, parse_size
     from glmtune.models.families import family_of
-    from glmtune.models.load import load_tokenizer, model_type_of, resolve_path, stop_token_ids
+    from glmtune.models.load import load_tokenizer, model_type_of, stop_token_ids
+    from glmtune.run.folder import EXPORT, as_run
     from glmtune.utils.io import atomic_write_json
 
     cfg = cfg or ExportSection()
-    run_dir = Path(run_dir)
-    if not (run_dir / "method.json").exists():
-        raise ExportError(f"{run_dir} is not a finished run folder (no method.json); train first")
-    meta = json.loads((run_dir / "method.json").read_text())
-    base_dir = resolve_path(meta["base"])
-    artifact = run_dir / meta["artifact"]
-    out = Path(out_dir or cfg.output_dir or run_dir / "export")
+    run = as_run(run_dir)
+    run_dir = run.dir
+    base_dir = run.base_path
+    artifact = run.artifact
+    out = Path(out_dir or cfg.output_dir or run_dir / EXPORT)
     max_bytes = parse_size(cfg.size)
     device = _check_device(cfg.device)
-    full_weights = (artifact / "config.json").exists() and any(artifact.glob("*.safetensors"))
+    full_weights = run.full_weights
     source_dir = artifact if full_weights else base_dir
     torch_dtype, dtype_name = _dtype(cfg.dtype, json.loads((source_dir / "config.json").read_text()))
-    tok = load_tokenizer(run_dir / "tokenizer" if (run_dir / "tokenizer").exists() else base_dir,
-                         meta.get("trust_remote_code", False))
+    tok = load_tokenizer(run.tokenizer_dir or base_dir, run.trust_remote_code)
     stop_ids = stop_token_ids(tok, family_of(model_type_of(base_dir)))
 
     t0 = time.perf_counter()
-    report: dict = {"run": str(run_dir), "method": meta["method"], "base": str(base_dir), "dtype": dtype_name,
+    report: dict = {"run": str(run_dir), "method": run.method, "base": str(base_dir), "dtype": dtype_name,
                     "device": str(device), "max_shard_bytes": max_bytes}
     with staging_dir(out, log) as staging:
         acfg = adapter_config(artifact)
@@ -272,8 +271,8 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
                     f"{writer.oversized[:3]}")
         else:
             log(f"export: cannot stream ({why}); merging in memory with PEFT")
-            report.update(_in_memory_merge(run_dir, meta, staging, max_bytes, torch_dtype), reason=why)
-        _copy_support_files(run_dir, base_dir, source_dir, staging, dtype_name, stop_ids)
+            report.update(_in_memory_merge(run, staging, max_bytes, torch_dtype), reason=why)
+        _copy_support_files(run, base_dir, source_dir, staging, dtype_name, stop_ids)
         report["seconds"] = round(time.perf_counter() - t0, 3)
         atomic_write_json(staging / "export.json", report)
         _readable(staging)
@@ -281,13 +280,13 @@ def export_run(run_dir: str | Path, cfg=None, out_dir: str | Path | None = None,
         if cfg.verify:
             from glmtune.export.verify import verify_export
 
-            verify = verify_export(run_dir, staging, cfg.tolerance, dtype_name, str(device), log=log)
+            verify = verify_export(run, staging, cfg.tolerance, dtype_name, str(device), log=log)
             atomic_write_json(staging / "verify.json", verify)
             _readable(staging)
             if not verify["passed"]:
                 failed = out.with_name(out.name + ".verify-failed.json")
                 atomic_write_json(failed, verify)
-                raise ExportError(
+                raise ExportFailure(
                     f"export verification failed: {verify['failure']} "
                     f"(details in {failed}). Nothing was written to {out}."
                 )

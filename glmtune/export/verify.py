@@ -65,16 +65,19 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, tolerance: float 
 
     Streamed layer by layer when the architecture allows (module docstring); otherwise, or with
     stream=False, the whole-model check, with the reason in `note` (and one line through `log`)."""
+    from glmtune.run.folder import as_run
+
+    run = as_run(run_dir)
     why = "stream=False" if not stream else None
     if why is None:
         try:
-            return _verify_streamed(Path(run_dir), Path(export_dir), tolerance, dtype_name, device,
+            return _verify_streamed(run, Path(export_dir), tolerance, dtype_name, device,
                                     prompts or VERIFY_PROMPTS)
         except CannotStream as err:
             why = str(err)
     if log:
         log(f"export: verification loads each whole model in turn ({why})")
-    record = _verify_whole_model(run_dir, export_dir, tolerance, dtype_name, device, prompts)
+    record = _verify_whole_model(run, export_dir, tolerance, dtype_name, device, prompts)
     return _with_failure({**record, "streamed": False, "note": f"whole-model check: {why}"})
 
 
@@ -92,7 +95,7 @@ def _with_failure(record: dict) -> dict:
     return {**record, "failure": "; ".join(why) if why else None}
 
 
-def _verify_whole_model(run_dir: str | Path, export_dir: str | Path, tolerance: float | None = None,
+def _verify_whole_model(run, export_dir: str | Path, tolerance: float | None = None,
                         dtype_name: str = "float32", device: str = "cpu",
                         prompts: list[list[dict]] | None = None) -> dict:
     """Whole-model check: base + trained part loaded as the run serves it, then the merged folder loaded
@@ -101,10 +104,13 @@ def _verify_whole_model(run_dir: str | Path, export_dir: str | Path, tolerance: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from glmtune.data.render import chat_ids
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
+    from glmtune.run.folder import as_run
+    from glmtune.run.load import load_full_precision_adapter
 
+    run = as_run(run)
     prompts = prompts or VERIFY_PROMPTS
-    engine = HFEngine.from_run(run_dir)
+    engine = HFEngine.from_run(run)
     trust = bool(getattr(engine.model.config, "auto_map", None))
     run_ids = [engine.prompt_ids(m) for m in prompts]
     quantized = _loaded_quantized(engine.model)
@@ -117,7 +123,7 @@ def _verify_whole_model(run_dir: str | Path, export_dir: str | Path, tolerance: 
         # that is the reference the merge must match; the 4-bit model it trained on differs from it by the
         # base's quantisation error, reported below, not judged.
         trained = ref
-        ref = _logits(_full_precision_reference(run_dir).to(device), run_ids, device)
+        ref = _logits(load_full_precision_adapter(run).to(device), run_ids, device)
         gc.collect()
 
     tok = AutoTokenizer.from_pretrained(str(export_dir), trust_remote_code=trust)
@@ -158,21 +164,6 @@ def _verify_whole_model(run_dir: str | Path, export_dir: str | Path, tolerance: 
 
 def _loaded_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
-
-
-def _full_precision_reference(run_dir: Path):
-    """The run's adapter on its base loaded unquantised in float32 (what a QLoRA export computes)."""
-    import json
-
-    from glmtune.config.schema import ModelSection
-    from glmtune.methods.lora import load_adapter
-    from glmtune.models.load import load
-
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "method.json").read_text())
-    loaded = load(ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
-                               dtype="float32"))
-    return load_adapter(loaded.model, run_dir / meta["artifact"]).eval()
 
 
 # ---- streamed verification ----------------------------------------------------------------------
@@ -306,14 +297,13 @@ def _skeleton(folder: Path, device):
     return model.eval()
 
 
-def _reference(run_dir: Path, meta: dict, device):
+def _reference(run, device):
     """(skeleton, weights) of base + what the run trained: a PEFT adapter on the base, freeze's trained
     tensors over the base, or a full run's own checkpoint."""
     from glmtune.export.merge import checkpoint_files
-    from glmtune.models.load import resolve_path
 
-    base, artifact = resolve_path(meta["base"]), run_dir / meta["artifact"]
-    if (artifact / "adapter_config.json").exists():
+    base, artifact = run.base_path, run.artifact
+    if run.is_adapter:
         from peft import PeftConfig, PeftModel
         from peft.utils import load_peft_weights
 
@@ -494,46 +484,40 @@ def _stream_compare(ref_model, ref_w: _Weights, mrg_model, mrg_w: _Weights, ids:
     return out
 
 
-def _verify_streamed(run_dir: Path, export_dir: Path, tolerance, dtype_name: str, device: str,
+def _verify_streamed(run, export_dir: Path, tolerance, dtype_name: str, device: str,
                      prompts: list[list[dict]]) -> dict:
-    import json
-
     import torch
     from transformers import AutoTokenizer
 
-    from glmtune.config.load import load_config
     from glmtune.data.render import chat_ids
-    from glmtune.export.merge import ExportError, checkpoint_files
+    from glmtune.export.merge import ExportFailure, checkpoint_files
     from glmtune.methods import get
-    from glmtune.models.load import load_tokenizer, resolve_path
-    from glmtune.serve.engine import check_template
+    from glmtune.run.load import load_run_tokenizer
 
-    meta = json.loads((run_dir / "method.json").read_text())
-    trust = meta.get("trust_remote_code", False)
+    trust = run.trust_remote_code
     dev = torch.device(device)
-    ref_model, ref_w = _reference(run_dir, meta, dev)  # raises CannotStream before anything heavy runs
+    ref_model, ref_w = _reference(run, dev)  # raises CannotStream before anything heavy runs
     mrg_model = _skeleton(export_dir, dev)
     mrg_w = _Weights(mrg_model, checkpoint_files(export_dir))
     if mrg_w.missing:
-        raise ExportError(f"export verification failed: {export_dir} lacks tensors {mrg_w.missing[:3]}")
+        raise ExportFailure(f"export verification failed: {export_dir} lacks tensors {mrg_w.missing[:3]}")
 
     # Prompt ids as the run renders them (the tokenizer the run's engine loads, with the template the run trained
     # with, a `model.chat_template` override included) and as the export does.
-    cfg = load_config(run_dir / "config.yaml")
-    run_tok = load_tokenizer(resolve_path(meta["base"]), trust, chat_template=cfg.model.chat_template)
-    check_template(run_tok, meta, run_dir)
+    cfg = run.config
+    run_tok = load_run_tokenizer(run)
     run_ids = [chat_ids(run_tok, m, add_generation_prompt=True) for m in prompts]
     export_tok = AutoTokenizer.from_pretrained(str(export_dir), trust_remote_code=trust)
     ids_equal = [chat_ids(export_tok, m, add_generation_prompt=True) for m in prompts] == run_ids
 
     trained = None
-    if get(meta["method"]).quantization(cfg.method, cfg.train) is not None:
+    if get(run.method).quantization(cfg.method, cfg.train) is not None:
         # QLoRA: the reference is the full-precision base + adapter (what the export merges); the gap to the
         # 4-bit model the run trained on is the base's quantisation error, reported, not judged. That model
         # is loaded whole (4-bit: about a quarter of the float32 size), before the streamed pass.
-        from glmtune.serve.engine import HFEngine
+        from glmtune.inference.engine import HFEngine
 
-        engine = HFEngine.from_run(run_dir)
+        engine = HFEngine.from_run(run)
         trained = _logits(engine.model, run_ids, device)
         del engine
         gc.collect()

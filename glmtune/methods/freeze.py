@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from glmtune.config.base import Section
+from glmtune.errors import MethodError
 from glmtune.methods.base import Method, register
 
 
@@ -41,7 +42,7 @@ def decoder_layers(model):
     found = [(n, m) for n, m in model.named_modules()
              if isinstance(m, torch.nn.ModuleList) and (n == "layers" or n.endswith(".layers"))]
     if not found:
-        raise ValueError(f"{type(model).__name__}: no `layers` ModuleList found; use method.trainable_modules")
+        raise MethodError(f"{type(model).__name__}: no `layers` ModuleList found; use method.trainable_modules")
     return max(found, key=lambda nm: len(nm[1]))
 
 
@@ -51,14 +52,14 @@ def trainable_module_names(model, cfg: FreezeConfig) -> list[str]:
     if cfg.trainable_layers:
         prefix, layers = decoder_layers(model)
         if cfg.trainable_layers > len(layers):
-            raise ValueError(f"method.trainable_layers={cfg.trainable_layers} but the model has {len(layers)} layers")
+            raise MethodError(f"method.trainable_layers={cfg.trainable_layers} but the model has {len(layers)} layers")
         names += [f"{prefix}.{i}" for i in range(len(layers) - cfg.trainable_layers, len(layers))]
     all_modules = [n for n, _ in model.named_modules() if n]
     for want in cfg.trainable_modules:
         hits = [n for n in all_modules if n == want or n.endswith("." + want)]
         if not hits:
             top = sorted({n.split(".")[0] for n in all_modules})
-            raise ValueError(f"method.trainable_modules: no module named {want!r}; top-level modules: {top}")
+            raise MethodError(f"method.trainable_modules: no module named {want!r}; top-level modules: {top}")
         names += hits
     return names
 

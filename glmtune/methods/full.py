@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from glmtune.config.base import Section
+from glmtune.errors import InputError, MissingFileError
 from glmtune.methods.base import Method, register
 
 
@@ -27,7 +28,7 @@ def copy_tensors(model, tensors: dict, source: str) -> set[str]:
     with torch.no_grad():
         for name, tensor in tensors.items():
             if name not in params:
-                raise KeyError(f"{source}: tensor {name!r} has no counterpart in {type(model).__name__}")
+                raise InputError(f"{source}: tensor {name!r} has no counterpart in {type(model).__name__}")
             params[name].copy_(tensor.to(params[name].dtype))
     return set(tensors)
 
@@ -42,7 +43,7 @@ def load_weights_into(model, folder: Path) -> None:
     """Copy the tensors of every `*.safetensors` file in `folder` into `model`; every parameter must be filled."""
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors weights to load")
+        raise MissingFileError(f"{folder}: no *.safetensors weights to load")
     seen: set[str] = set()
     for f in files:
         seen |= load_weights_into_partial(model, f)
@@ -51,7 +52,7 @@ def load_weights_into(model, folder: Path) -> None:
     ptrs = {params[n].data_ptr() for n in seen if n in params}
     missing = sorted(n for n, p in params.items() if n not in seen and p.data_ptr() not in ptrs)
     if missing:
-        raise KeyError(f"{folder}: weights missing for {missing[:5]} ({len(missing)} in all)")
+        raise InputError(f"{folder}: weights missing for {missing[:5]} ({len(missing)} in all)")
 
 
 @register

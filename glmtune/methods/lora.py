@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from glmtune.config.base import Section
+from glmtune.errors import MethodError
 from glmtune.methods.base import Method, decay_groups, register
 
 
@@ -61,7 +62,7 @@ def all_linear_targets(model) -> list[str]:
         leaves.add(leaf)
         full.append(name)
     if not leaves:
-        raise ValueError(f"{type(model).__name__}: no linear layer but the head for `targets: all`")
+        raise MethodError(f"{type(model).__name__}: no linear layer but the head for `targets: all`")
     return sorted(full) if leaves & heads else sorted(leaves)
 
 

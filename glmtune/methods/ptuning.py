@@ -32,6 +32,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from glmtune.config.base import Section
+from glmtune.errors import MethodError
 from glmtune.methods.base import Method, register
 
 MERGE_REASON = (
@@ -64,7 +65,7 @@ def _remote_prefix_encoder(model):
     try:
         return model.get_submodule("transformer.prefix_encoder")
     except AttributeError:
-        raise ValueError(f"{type(model).__name__}: no transformer.prefix_encoder; was pre_seq_len set in the "
+        raise MethodError(f"{type(model).__name__}: no transformer.prefix_encoder; was pre_seq_len set in the "
                          "model config before loading? (config_overrides)") from None
 
 
@@ -177,7 +178,7 @@ def checkpoint_safe_prefix(peft_model) -> None:
         if peft_model.training:
             for layer in cache.layers:
                 if type(layer) is not DynamicLayer:
-                    raise ValueError(f"method ptuning with train.gradient_checkpointing: unsupported cache layer "
+                    raise MethodError(f"method ptuning with train.gradient_checkpointing: unsupported cache layer "
                                      f"{type(layer).__name__} (sliding-window model?); set "
                                      "train.gradient_checkpointing=false")
                 layer.__class__ = ReplayablePrefixLayer  # same state, non-mutating update
@@ -218,7 +219,7 @@ class PtuningMethod(Method):
         if getattr(train_cfg, "packing", False):
             # Packed rows rely on position-id boundaries, which transformers only honours without a KV cache;
             # the prefix *is* a KV cache, so samples would attend to each other.
-            raise ValueError("train.packing does not work with method.name=ptuning (the prefix is a KV cache and "
+            raise MethodError("train.packing does not work with method.name=ptuning (the prefix is a KV cache and "
                              "packed samples would see each other); set train.packing=false")
         model = loaded.model
         for p in model.parameters():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.errors import InputError, MissingFileError
 from glmtune.models.families import Family, family_of
 
 
@@ -33,7 +34,7 @@ def resolve_path(path: str) -> Path:
 
         return hf_folder_for(p)
     if not (p / "config.json").exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.path {path!r}: no config.json there. Give a downloaded checkpoint folder "
             f"(e.g. glm-4-9b-chat-hf) or tiny:glm4 / tiny:glm; weights are never fetched from a hub."
         )
@@ -119,7 +120,7 @@ def load(model_cfg, precision: str = "fp32", quantization_config=None, device_ma
         path = native_route(path)
     family = family_of(model_type_of(path))
     if family.remote_code and not model_cfg.trust_remote_code:
-        raise ValueError(f"{path} is a remote-code {family.name} checkpoint: set model.trust_remote_code=true")
+        raise InputError(f"{path} is a remote-code {family.name} checkpoint: set model.trust_remote_code=true")
     tok = load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.chat_template)
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype(model_cfg.dtype, precision),

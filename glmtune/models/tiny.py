@@ -114,7 +114,9 @@ def build_tiny(name: str, out: Path) -> None:
 def ensure_tiny(name: str = "glm4") -> Path:
     """Return the folder of tiny model `name`, building it once (atomically) if it is not cached."""
     if name not in TINY_SHAPES:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SHAPES)}")
+        from glmtune.errors import InputError
+
+        raise InputError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SHAPES)}")
     key = hashlib.sha256((_corpus() + json.dumps(TINY_SHAPES[name]) + BUILD_VERSION).encode()).hexdigest()[:12]
     folder = cache_root() / "tiny" / f"{name}-{key}"
     if not (folder / "glmtune_tiny.json").exists():

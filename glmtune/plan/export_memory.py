@@ -37,7 +37,7 @@ def checkpoint_bytes(facts: ModelFacts) -> int:
 
 def export_estimate(facts: ModelFacts, method: str, export_cfg, st) -> dict:
     """{merge, verify, peak} bytes of host memory for exporting a `method` run of `facts`, or a reason."""
-    from glmtune.export.shards import parse_size
+    from glmtune.utils.shards import parse_size
     from glmtune.methods import get, label
     from glmtune.plan.memory import trainable_params
 

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from glmtune.serve import protocol as P
-from glmtune.serve.batching import BatchingEngine, EngineClosed, GenRequest, QueueFull
+from glmtune.inference.batching import BatchingEngine, EngineClosed, GenRequest, QueueFull
 
 
 def _error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None,

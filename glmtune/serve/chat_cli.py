@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_engine(args, cfg=None):
     """The engine of `--run` or `--model` (with the config's model.trust_remote_code and model.dtype)."""
     from glmtune.config.cli import config_from_args
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     cfg = cfg or config_from_args(args)  # validated with --run too: a bad override is an error, not ignored
     if args.run:

@@ -19,7 +19,9 @@ def parse_adapters(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--adapter {item!r}: expected NAME=RUN_OR_ADAPTER_DIR")
+            from glmtune.errors import InputError
+
+            raise InputError(f"--adapter {item!r}: expected NAME=RUN_OR_ADAPTER_DIR")
         out[name] = path
     return out
 

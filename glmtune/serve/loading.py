@@ -7,11 +7,12 @@ same base) is loaded with PEFT `load_adapter`, and requests pick it by `model` n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glmtune.serve.batching import BASE
+from glmtune.errors import InputError
+from glmtune.inference.batching import BASE
+from glmtune.run.folder import Run, is_finished
 
 
 @dataclass
@@ -29,27 +30,28 @@ class Served:
 
 def _adapter_dir(path: Path) -> tuple[Path, str | None]:
     """A run folder or an adapter folder -> (adapter folder, base path recorded by the run or None)."""
-    if (path / "method.json").exists():
-        meta = json.loads((path / "method.json").read_text())
-        if not (path / meta["artifact"] / "adapter_config.json").exists():
-            raise ValueError(f"--adapter {path}: method {meta['method']!r} trained full weights, not an adapter; "
+    if is_finished(path):
+        run = Run.open(path)
+        if not run.is_adapter:
+            raise InputError(f"--adapter {path}: method {run.method!r} trained full weights, not an adapter; "
                              f"serve it on its own with --run")
-        return path / meta["artifact"], meta["base"]
+        return run.artifact, run.base
     if (path / "adapter_config.json").exists():
         return path, None
-    raise FileNotFoundError(f"--adapter {path}: neither a run folder (method.json) nor an adapter (adapter_config.json)")
+    raise InputError(f"--adapter {path}: neither a run folder (method.json) nor an adapter (adapter_config.json)")
 
 
 def load_served(run: str | None = None, model: str | None = None, adapters: dict[str, str] | None = None,
                 name: str | None = None) -> Served:
     from glmtune.models.load import resolve_path
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     if bool(run) == bool(model):
-        raise ValueError("give exactly one of --run RUN or --model DIR")
+        raise InputError("give exactly one of --run RUN or --model DIR")
     if run:
-        engine = HFEngine.from_run(run, name=name)
-        base = str(resolve_path(json.loads((Path(run) / "method.json").read_text())["base"]))
+        opened = Run.open(run)
+        engine = HFEngine.from_run(opened, name=name)
+        base = str(opened.base_path)
     else:
         engine = HFEngine.from_model_dir(model, name=name)
         base = str(resolve_path(model))
@@ -58,10 +60,10 @@ def load_served(run: str | None = None, model: str | None = None, adapters: dict
     served = Served(engine, engine.name, {engine.name: default_adapter})
     for public, path in (adapters or {}).items():
         if public in served.names or public == "default":
-            raise ValueError(f"--adapter {public}: that model name is already taken")
+            raise InputError(f"--adapter {public}: that model name is already taken")
         adir, adapter_base = _adapter_dir(Path(path))
         if adapter_base and str(resolve_path(adapter_base)) != base:
-            raise ValueError(f"--adapter {public}={path} was trained on {adapter_base}, not on the served base {base}")
+            raise InputError(f"--adapter {public}={path} was trained on {adapter_base}, not on the served base {base}")
         if hasattr(engine.model, "peft_config"):
             engine.model.load_adapter(str(adir), adapter_name=public)
         else:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from glmtune.errors import InputError
+
 HELP = "Load-test an OpenAI-compatible server: req/s, tokens/s, latency percentiles vs concurrency."
 
 DEFAULT_PROMPTS = [
@@ -37,8 +39,12 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def check_loopback(url: str) -> None:
     host = urlparse(url).hostname or ""
-    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-        raise SystemExit(f"refusing non-loopback target {host!r}: the load test only runs against 127.0.0.1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if not loopback:
+        raise InputError(f"refusing non-loopback target {host!r}: the load test only runs against 127.0.0.1")
 
 
 def load_prompts(path: str | None) -> list[list[dict]]:
@@ -127,7 +133,7 @@ def bench_serve(base_url: str, concurrency: list[int], requests: int, max_tokens
     if not base_url.endswith("/v1"):
         base_url += "/v1"
     if not (1 <= requests <= 10_000) or not all(1 <= c <= 512 for c in concurrency):
-        raise SystemExit("--requests must be within 1..10000 and each concurrency within 1..512")
+        raise InputError("--requests must be within 1..10000 and each concurrency within 1..512")
     prompts = prompts or load_prompts(None)
     if warmup:
         asyncio.run(run_level(base_url, 1, 1, prompts, max_tokens, model, api_key, timeout))

@@ -43,6 +43,12 @@ def run(args) -> int:
     items, problems = items_from_conversations(convs)
     for p in problems:
         print(f"skipped: {p}")
+    if not items:  # nothing to answer is a mistake, not an empty success
+        from glmtune.errors import InputError
+
+        skipped = len(issues) + len(problems)
+        raise InputError(f"{test}: no usable test samples"
+                         + (f" ({skipped} skipped, listed above)" if skipped else " (the file has no records)"))
     engine = load_engine(args, cfg)
     e = cfg.eval
     res = generate_predictions(engine, items, args.out, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,

@@ -121,18 +121,20 @@ def lora_unsupported(adapter_dir: Path) -> str | None:
 
 def _adapter(path: str, public: str) -> tuple[Path, str | None]:
     """A run or adapter folder -> (adapter folder, base it was trained on or None); VllmError if vLLM can't."""
+    from glmtune.errors import GlmtuneError
+    from glmtune.run.folder import Run, is_finished
     from glmtune.serve.loading import _adapter_dir
 
     p = Path(path)
-    is_run = (p / "method.json").exists()
+    is_run = is_finished(p)
     if is_run:
-        meta = json.loads((p / "method.json").read_text())
-        if not (p / meta["artifact"] / "adapter_config.json").exists():
-            raise VllmError(f"--adapter {public}={path}: method {meta['method']!r} has no LoRA adapter; "
+        run = Run.open(p)
+        if not run.is_adapter:
+            raise VllmError(f"--adapter {public}={path}: method {run.method!r} has no LoRA adapter; "
                             f"{_export_route(path)} on its own")
     try:
         adir, base = _adapter_dir(p)
-    except (FileNotFoundError, ValueError) as err:
+    except GlmtuneError as err:
         raise VllmError(str(err)) from None
     why = lora_unsupported(adir)
     if why:
@@ -155,17 +157,16 @@ def make_plan(run: str | None, model: str | None, adapters: dict[str, str] | Non
         plan = Plan(folder, Path(str(model)).name, folder)
         base_of_adapters = folder
     else:
-        run_dir = Path(run)
-        meta_path = run_dir / "method.json"
-        if not meta_path.exists():
-            raise VllmError(f"{run_dir} is not a finished run folder (no method.json); train first")
-        meta = json.loads(meta_path.read_text())
-        base = resolve_path(meta["base"])
-        tok = run_dir / "tokenizer" if (run_dir / "tokenizer" / "tokenizer_config.json").exists() else base
-        artifact = run_dir / meta["artifact"]
-        trust = bool(meta.get("trust_remote_code", False))
-        is_lora = (artifact / "adapter_config.json").exists()
-        export = run_dir / "export"
+        from glmtune.run.folder import EXPORT, Run
+
+        opened = Run.open(run)
+        run_dir, meta = opened.dir, opened.meta
+        base = opened.base_path
+        tok = opened.tokenizer_dir or base
+        artifact = opened.artifact
+        trust = opened.trust_remote_code
+        is_lora = opened.is_adapter
+        export = run_dir / EXPORT
         if (export / "verify.json").exists() and not (is_lora and adapters):
             # merged weights: the fastest to serve (no LoRA computation per token)
             plan = Plan(export, run_dir.name, export, trust, notes=[f"serving the run's verified export {export}"])

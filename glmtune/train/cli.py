@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from glmtune.config.cli import add_config_args, config_from_args
 
@@ -25,9 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from glmtune.data.formats import DataError
-    from glmtune.train.launch import ResumeError
-    from glmtune.train.preflight import PreflightError
     from glmtune.train.trainer import check_inputs
 
     cfg = config_from_args(args)
@@ -38,11 +34,7 @@ def run(args) -> int:
         return relaunch(args, cfg)
     from glmtune.train.trainer import train
 
-    try:
-        result = train(cfg)
-    except (DataError, PreflightError, ResumeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = train(cfg)  # DataError, PreflightError, ResumeError, ...: GlmtuneErrors, one line in cli.main
     s = result.summary
     if s:
         print(f"run folder: {result.run_dir}")

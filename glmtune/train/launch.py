@@ -23,12 +23,14 @@ from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 
+from glmtune.errors import GlmtuneError, InputError, MissingFileError
+
 # torchrun's own environment names, read when the matching flag is absent (same names torchrun reads).
 ENV_NAMES = {"nproc": "NPROC_PER_NODE", "nnodes": "NNODES", "node_rank": "NODE_RANK",
              "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
 
 
-class ResumeError(RuntimeError):
+class ResumeError(GlmtuneError, RuntimeError):
     """A checkpoint cannot be resumed by this engine / process count; the message says what to do."""
 
 
@@ -52,15 +54,15 @@ def torchrun_command(args) -> list[str]:
     nnodes = int(_flag(args, "nnodes") or 1)
     node_rank, addr, port = _flag(args, "node_rank"), _flag(args, "master_addr"), _flag(args, "master_port")
     if nproc < 1 or nnodes < 1:
-        raise ValueError(f"--nproc and --nnodes must be >= 1 (got nproc={nproc}, nnodes={nnodes})")
+        raise InputError(f"--nproc and --nnodes must be >= 1 (got nproc={nproc}, nnodes={nnodes})")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     if nnodes > 1:
         if node_rank is None or addr is None:
-            raise ValueError(
+            raise InputError(
                 f"--nnodes {nnodes}: every machine needs --node-rank (0..{nnodes - 1}) and --master-addr "
                 "(the address of node 0), as flags or as NODE_RANK / MASTER_ADDR in the environment")
         if not 0 <= int(node_rank) < nnodes:
-            raise ValueError(f"--node-rank {node_rank} is outside 0..{nnodes - 1}")
+            raise InputError(f"--node-rank {node_rank} is outside 0..{nnodes - 1}")
         cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master_addr", str(addr),
                 "--master_port", str(port or 29500)]
     elif addr is None and port is None:
@@ -74,8 +76,8 @@ def torchrun_command(args) -> list[str]:
 def relaunch(args, cfg) -> int:
     """Re-execute this `glmtune train` under torchrun; returns torchrun's exit status."""
     if os.environ.get("LOCAL_RANK") is not None:
-        raise RuntimeError("glmtune train --nproc/--nnodes was run inside torchrun already (LOCAL_RANK is set); "
-                           "inside torchrun call `glmtune train` without --nproc")
+        raise InputError("glmtune train --nproc/--nnodes was run inside torchrun already (LOCAL_RANK is set); "
+                         "inside torchrun call `glmtune train` without --nproc")
     from glmtune.models.load import resolve_path
 
     # Fail here, once, rather than in every process; and build a `tiny:` model before N processes race to.
@@ -100,11 +102,11 @@ def deepspeed_config(cfg) -> dict:
     if d.deepspeed_config:
         path = Path(d.deepspeed_config).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"distributed.deepspeed_config: {path} not found")
+            raise MissingFileError(f"distributed.deepspeed_config: {path} not found")
         try:
             return json.loads(path.read_text("utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"distributed.deepspeed_config: {path} is not valid JSON ({err})") from err
+            raise InputError(f"distributed.deepspeed_config: {path} is not valid JSON ({err})") from err
     name = f"zero{d.zero_stage}{'_offload' if d.offload else ''}.json"
     return json.loads((resources.files("glmtune") / "configs" / "deepspeed" / name).read_text("utf-8"))
 
@@ -143,7 +145,7 @@ def engine_kwargs(cfg, world: int) -> dict:
     elif backend == "fsdp":
         if not torch.cuda.is_available():
             # accelerate enables FSDP only for GPU-type process groups; on CPU it would run plain DDP quietly
-            raise ValueError("distributed.backend=fsdp needs GPUs (accelerate runs FSDP only on GPU process "
+            raise InputError("distributed.backend=fsdp needs GPUs (accelerate runs FSDP only on GPU process "
                              "groups); on CPU use distributed.backend=ddp or deepspeed")
         kwargs.update(fsdp_kwargs(cfg))
     return kwargs

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from glmtune.errors import GlmtuneError
 
-class PreflightError(RuntimeError):
-    pass
+
+class PreflightError(GlmtuneError, RuntimeError):
+    """A fatal plan finding (plan.strict) stops training before it starts (exit 2)."""
 
 
 def run_preflight(cfg, data, loaded, quiet: bool = False) -> list:

@@ -1,10 +1,8 @@
 """RunConfig + method -> transformers.Trainer -> run folder.
 
-The run folder is the contract with later stages:
-    config.yaml  method.json  summary.json  data_report.json  skips.jsonl  metrics.jsonl
-    tokenizer/   adapter/ (or model/)   checkpoints/checkpoint-N/   plots/loss.png   tb/
-Every file is written atomically; checkpoints get a completion marker and resume uses only complete ones,
-so a crash or Ctrl-C loses at most the steps since the last checkpoint.
+The run folder is the contract with later stages; its layout lives in glmtune/run/folder.py (the file names
+used here come from there). Every file is written atomically; checkpoints get a completion marker and resume
+uses only complete ones, so a crash or Ctrl-C loses at most the steps since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmtune.config.load import ConfigError
+from glmtune.run.folder import CHECKPOINTS, FORGETTING
 from glmtune.utils.io import atomic_dir, atomic_write_json, atomic_write_text, write_jsonl
 
 
@@ -143,7 +142,7 @@ def training_arguments(cfg, out: Path, n_train: int, world: int = 1, has_val: bo
 
     t = cfg.train
     kwargs = dict(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out / CHECKPOINTS),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -269,10 +268,10 @@ def resolve_resume(cfg, out: Path) -> str | None:
     if r == "never":
         return None
     if r == "auto":
-        done = complete_checkpoints(out / "checkpoints")
+        done = complete_checkpoints(out / CHECKPOINTS)
         if done:
             return str(done[-1])
-        partial = sorted((out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").is_dir() else []
+        partial = sorted((out / CHECKPOINTS).glob("checkpoint-*")) if (out / CHECKPOINTS).is_dir() else []
         if partial and int(os.environ.get("RANK", "0")) == 0:
             print(f"train.resume=auto: no complete checkpoint in {out / 'checkpoints'} ({len(partial)} folder(s) "
                   f"without the {COMPLETE} marker: saves cut short); starting from step 0", flush=True)
@@ -308,13 +307,14 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     import torch
     from transformers import EarlyStoppingCallback, set_seed
 
-    from glmtune.config.load import dump_config
     from glmtune.data.collate import ExampleDataset, PackedCollator, PadCollator
     from glmtune.data.dataset import prepare
     from glmtune.methods import trainable_summary
     from glmtune.models.load import stop_token_ids
     from transformers.trainer_callback import ProgressCallback
 
+    from glmtune.run.folder import (DATA_REPORT, LOSS_PLOT, METRICS, SKIPS, SUMMARY, TENSORBOARD, TOKENIZER,
+                                    write_config, write_method)
     from glmtune.train.callbacks import MetricsJsonl, QuietProgress, plot_loss
     from glmtune.train.launch import agree_on_resume, check_resume, full_parameters
     from glmtune.train.preflight import run_preflight
@@ -328,9 +328,6 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     method, loaded = load_for_training(cfg)
     tok = loaded.tokenizer
     data = prepare(cfg, tok, stop_token_ids(tok, loaded.family))
-    if rank == 0:  # written once the data and model are known good: a failed start leaves no run folder
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
     for line in data.report.lines():
         _say(line, quiet, rank)
     run_preflight(cfg, data, loaded, quiet=quiet or rank != 0)
@@ -352,14 +349,16 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
                              "data.validation=FILE or data.val_size (a count or a fraction of data.train)")
         _say(f"train.eval_steps={cfg.train.eval_steps} but there is no validation split (data.validation unset, "
              "data.val_size=0): no evaluation will run", quiet, rank)
+    if rank == 0:  # written once data, model, method and settings are known good: a failed start leaves no run folder
+        write_config(out, cfg)
     args = training_arguments(cfg, out, len(data.train), world, has_val=bool(data.val))
     Trainer = make_trainer_class()
-    metrics_cb = MetricsJsonl(out / "metrics.jsonl")
+    metrics_cb = MetricsJsonl(out / METRICS)
     cbs = [metrics_cb, *callbacks]
     if cfg.train.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     # transformers 5 reads the TensorBoard folder from the environment only.
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / TENSORBOARD)
     trainer = Trainer(
         model=model,
         args=args,
@@ -398,15 +397,12 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
                 method.save_trained(trainer.model, staging)
     if not trainer.is_world_process_zero():
         return RunResult(out, {})
-    with atomic_dir(out / "tokenizer") as staging:
+    with atomic_dir(out / TOKENIZER) as staging:
         tok.save_pretrained(staging)
-    atomic_write_json(out / "method.json", {
-        "method": cfg.method.name, "artifact": method.artifact, "base": str(loaded.path),
-        "family": loaded.family.name, "trust_remote_code": cfg.model.trust_remote_code,
-        "chat_template_sha256": template_hash(tok),
-    })
-    write_jsonl(out / "skips.jsonl", [s.as_dict() for s in data.report.skips])
-    atomic_write_json(out / "data_report.json", {**data.report.summary(), "train": len(data.train),
+    write_method(out, method=cfg.method.name, artifact=method.artifact, base=str(loaded.path),
+                 family=loaded.family.name, trust_remote_code=cfg.model.trust_remote_code, tokenizer=tok)
+    write_jsonl(out / SKIPS, [s.as_dict() for s in data.report.skips])
+    atomic_write_json(out / DATA_REPORT, {**data.report.summary(), "train": len(data.train),
                                                  "validation": len(data.val), "test": len(data.test)})
     hist = [r for r in trainer.state.log_history if "loss" in r]
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
@@ -433,8 +429,8 @@ def _train(cfg, callbacks, quiet: bool) -> RunResult:
     }
     if cfg.eval.forgetting:
         summary["forgetting"] = forgetting_check(cfg, trainer.model, tok, loaded, out)
-    atomic_write_json(out / "summary.json", summary)
-    plot_loss(out / "metrics.jsonl", out / "plots" / "loss.png")
+    atomic_write_json(out / SUMMARY, summary)
+    plot_loss(out / METRICS, out / LOSS_PLOT)
     return RunResult(out, summary)
 
 
@@ -443,7 +439,7 @@ def forgetting_check(cfg, model, tok, loaded, out: Path) -> dict:
     from peft import PeftModel
 
     from glmtune.evaluate.forgetting import forgetting_delta, load_items, render_forgetting, score_engine
-    from glmtune.serve.engine import HFEngine, is_prompt_learning
+    from glmtune.inference.engine import HFEngine, is_prompt_learning
 
     items = load_items(cfg.eval.forgetting_set)
     n_new = cfg.eval.forgetting_max_new_tokens
@@ -456,16 +452,9 @@ def forgetting_check(cfg, model, tok, loaded, out: Path) -> dict:
     else:
         base = score_engine(HFEngine.from_model_dir(str(loaded.path), cfg.model.trust_remote_code), items, n_new)
     result = forgetting_delta(base, tuned, items)
-    atomic_write_json(out / "forgetting.json", result)
+    atomic_write_json(out / FORGETTING, result)
     render_forgetting(result)
     return {k: result[k] for k in ("base_accuracy", "tuned_accuracy", "delta", "lost", "gained")}
-
-
-def template_hash(tokenizer) -> str:
-    """Fingerprint of the chat template a run was trained with; serving refuses a different one."""
-    import hashlib
-
-    return hashlib.sha256((tokenizer.chat_template or "").encode("utf-8")).hexdigest()
 
 
 def _say(msg: str, quiet: bool, rank: int = 0) -> None:

@@ -14,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from glmtune.run.folder import METRICS, SUMMARY, is_finished
 from glmtune.web.jobs import Job
 from glmtune.web.workspace import WebError, Workspace, check_name
 
@@ -354,7 +355,7 @@ def job_progress(job: Job) -> dict:
     rows = []
     if job.run_dir:
         try:
-            metrics = read_metrics(Path(job.run_dir) / "metrics.jsonl")
+            metrics = read_metrics(Path(job.run_dir) / METRICS)
         except ValueError:  # a line being appended right now
             metrics = []
         for r in metrics:
@@ -377,7 +378,7 @@ def job_progress(job: Job) -> dict:
         step, total, elapsed, eta = bars[-1] if bars else first
         done = max([int(step)] + [r["step"] for r in rows])
         out.update(step=done, total=int(total), elapsed=elapsed, eta=eta)
-    summary = Path(job.run_dir or "/nonexistent") / "summary.json"
+    summary = Path(job.run_dir or "/nonexistent") / SUMMARY
     if summary.exists():
         s = json.loads(summary.read_text())
         out["summary"] = s
@@ -403,7 +404,7 @@ def progress_text(job: Job, prog: dict) -> str:
 def start_export(ws: Workspace, run: str, size: str, dtype: str, device: str, out_name: str,
                  verify: bool = True) -> tuple[Job, str]:
     run_dir = ws.resolve(run)
-    if not (run_dir / "method.json").exists():
+    if not is_finished(run_dir):
         raise WebError(f"{ws.rel(run_dir)} is not a finished run (no method.json)")
     out = ws.exports_dir / check_name(out_name, "export name")
     if out.exists():
@@ -500,7 +501,7 @@ def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | N
     from glmtune.config.load import load_config
 
     run_dir = ws.resolve(run)
-    if not (run_dir / "method.json").exists():
+    if not is_finished(run_dir):
         raise WebError(f"{ws.rel(run_dir)} is not a finished run (no method.json)")
     test_path = ws.resolve(test)
     out = ws.root / "evals" / check_name(out_name, "evaluation name")

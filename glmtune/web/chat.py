@@ -71,7 +71,7 @@ class AdapterChat:
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0) -> Iterator[str]:
-        from glmtune.serve.batching import GenRequest
+        from glmtune.inference.batching import GenRequest
 
         engine = self.served.engine
         events: queue.Queue = queue.Queue()
@@ -138,7 +138,7 @@ class ChatModels:
     def get(self, source: str, adapters: list[str] | None = None, pick: str | None = None,
             endpoint_model: str | None = None, api_key: str | None = None):
         """A chat source: 'run: runs/X', 'export: exports/Y' or 'endpoint: URL' (+ adapters / model pick)."""
-        from glmtune.serve.engine import HFEngine
+        from glmtune.inference.engine import HFEngine
 
         if not source or ": " not in source:
             raise WebError("pick a run, an export, or type endpoint: http://HOST:PORT/v1")

@@ -107,7 +107,9 @@ class Workspace:
         return out
 
     def runs(self, finished_only: bool = False) -> list[str]:
-        marker = "method.json" if finished_only else "config.yaml"
+        from glmtune.run.folder import CONFIG, METHOD
+
+        marker = METHOD if finished_only else CONFIG
         return sorted(self.rel(p.parent) for p in self.runs_dir.glob(f"*/{marker}"))
 
     def exports(self) -> list[str]:

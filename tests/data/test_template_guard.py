@@ -3,17 +3,17 @@
 import pytest
 
 from glmtune.models.load import load_tokenizer
-from glmtune.serve.engine import TemplateMismatch, check_template
-from glmtune.train.trainer import template_hash
+from glmtune.run.folder import Run, template_hash
+from glmtune.run.load import TemplateMismatch, check_template
 
 
 def test_same_template_passes_changed_template_refused(tiny_glm4, tmp_path):
     tok = load_tokenizer(tiny_glm4)
-    meta = {"chat_template_sha256": template_hash(tok), "base": str(tiny_glm4)}
-    check_template(tok, meta, tmp_path)
+    run = Run(tmp_path, "lora", "adapter", str(tiny_glm4), chat_template_sha256=template_hash(tok))
+    check_template(tok, run)
     tok.chat_template = tok.chat_template.replace("<|assistant|>", "<|assistant|>\n")
     with pytest.raises(TemplateMismatch, match="different chat template"):
-        check_template(tok, meta, tmp_path)
+        check_template(tok, run)
 
 
 def test_tokenizer_without_template_is_a_one_line_config_error(tiny_glm4, tmp_path):

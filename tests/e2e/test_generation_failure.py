@@ -64,7 +64,7 @@ def test_ptuning_engine_raises_instead_of_hanging(tiny_glm4):
     loaded = load(ModelSection(path=str(tiny_glm4)))
     model = get_peft_model(loaded.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     from glmtune.errors import GenerationError
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     engine = HFEngine(model, loaded.tokenizer, loaded.family)
 

@@ -17,7 +17,7 @@ OVERRIDE = ("[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|> {{ m['conten
 def test_run_with_template_override_chats_and_exports_the_same_prompt_ids(tmp_path):
     from transformers import AutoTokenizer
 
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     train = write(tmp_path / "train.jsonl", rows(8))
     run = tmp_path / "run"

@@ -179,7 +179,7 @@ def same_text(got: list, want: list, newline: bool = False) -> None:
 
 
 def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answers, tmp_path):
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
     from glmtune.serve.vllm import prompt_token_ids
 
     conversations = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in QUESTIONS]

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from glmtune.export.config import ExportSection
 from glmtune.export.merge import ExportError, checkpoint_keys
 from glmtune.export.pipeline import export_run
-from glmtune.export.shards import parse_size
+from glmtune.utils.shards import parse_size
 
 
 def _shard_tensors(out: Path) -> dict[str, torch.Tensor]:
@@ -23,7 +23,7 @@ def _shard_tensors(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _peft_merged_state(run):
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     engine = HFEngine.from_run(run)
     return {k: v.detach().clone() for k, v in engine.model.merge_and_unload().state_dict().items()}
@@ -116,7 +116,7 @@ def test_bfloat16_export(dora_run, tmp_path):
 
 
 def test_crash_mid_write_leaves_nothing_that_looks_complete(lora_run, tmp_path, monkeypatch):
-    import glmtune.export.shards as shards
+    import glmtune.utils.shards as shards
 
     out = tmp_path / "exp"
     export_run(lora_run, ExportSection(size="1MB", verify=False), out_dir=out, log=lambda *_: None)
@@ -157,7 +157,8 @@ def test_cli_export(lora_run, tmp_path, capsys):
     assert main(["export", "--run", str(lora_run), "--out", str(tmp_path / "cli"), "--size", "1MB",
                  "--dtype", "float16"]) == 0
     assert json.loads((tmp_path / "cli" / "verify.json").read_text())["passed"]
-    assert main(["export", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1
+    # a user error (no such run) exits 2, as every verb's input errors do (glmtune/errors.py)
+    assert main(["export", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
 
 
@@ -173,7 +174,8 @@ def test_qlora_export_merges_into_the_full_precision_base(run_factory, tmp_path)
     the gap to the 4-bit model it trained on (the base's quantisation error) is reported, not judged."""
     from transformers import AutoModelForCausalLM
 
-    from glmtune.export.verify import _full_precision_reference
+    from glmtune.run.folder import Run
+    from glmtune.run.load import load_full_precision_adapter
 
     run = run_factory("qlora", "method.name=qlora", "method.rank=4")
     lines = []
@@ -187,5 +189,5 @@ def test_qlora_export_merges_into_the_full_precision_base(run_factory, tmp_path)
     ids = torch.tensor([[3, 10, 20, 30, 40, 50]])
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(res.out_dir, dtype=torch.float32)(ids).logits
-        reference = _full_precision_reference(run)(input_ids=ids).logits
+        reference = load_full_precision_adapter(Run.open(run))(input_ids=ids).logits
     assert float((merged - reference).abs().max()) < 1e-4

@@ -12,7 +12,7 @@ import glmtune.export.verify as verify_mod
 from glmtune.export.config import ExportSection
 from glmtune.export.merge import ExportError
 from glmtune.export.pipeline import export_run
-from glmtune.export.shards import ShardWriter
+from glmtune.utils.shards import ShardWriter
 from glmtune.export.verify import _verify_whole_model, verify_export
 
 quiet = dict(log=lambda *_: None)

@@ -27,8 +27,8 @@ def test_trained_prefix_generates_with_its_prefix(trained_prefix, cache_free_gre
     """The engine (KV cache, left-padded batch) answers a trained prefix (with projection) exactly as a
     cache-free greedy decode of the PEFT model, and not as the base model."""
     from glmtune.models.families import family_of
-    from glmtune.serve.batching import BatchingEngine
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.batching import BatchingEngine
+    from glmtune.inference.engine import HFEngine
 
     model, tok = trained_prefix
     engine = HFEngine(model, tok, family_of(model.config.model_type))

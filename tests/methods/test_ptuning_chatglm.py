@@ -136,8 +136,8 @@ def test_prefix_hidden_defaults_to_the_model_width_on_converted_chatglm(tmp_path
 def test_batching_engine_answers_as_the_original_code(variant, tmp_path, monkeypatch):
     """Serve/predict/chat generate through the batching engine (KV cache started from the prefix): its greedy
     tokens are the original code's (which recomputed the whole sequence each step)."""
-    from glmtune.serve.batching import BatchingEngine
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.batching import BatchingEngine
+    from glmtune.inference.engine import HFEngine
 
     model, ref, _, _, _, loaded = _prepared(variant, tmp_path, monkeypatch)
     engine = HFEngine(model, loaded.tokenizer, loaded.family)
@@ -183,7 +183,7 @@ def test_resuming_a_projection_prefix_is_refused_not_wrong(tmp_path, monkeypatch
 def test_prefix_served_as_an_extra_adapter_answers_as_the_original_code(tmp_path, monkeypatch):
     """`glmtune serve --model CHATGLM3_FOLDER --adapter pt=ADAPTER`: the adapter loaded next to the base keeps
     ChatGLM's numbering, so its greedy tokens are still the original code's; the base answers differently."""
-    from glmtune.serve.batching import BASE, BatchingEngine
+    from glmtune.inference.batching import BASE, BatchingEngine
     from glmtune.serve.loading import load_served
 
     variant = "chatglm3-6b-ptuning-projection"  # its greedy tokens differ under PEFT numbering

@@ -42,7 +42,7 @@ def expected(model, loaded, engine, greedy):
 
 
 def test_engine_generate_and_stream_keep_the_prefix(prefix_model, cache_free_greedy):
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     model, loaded = prefix_model
     engine = HFEngine(model, loaded.tokenizer, loaded.family, "pt")
@@ -56,7 +56,7 @@ def test_engine_generate_and_stream_keep_the_prefix(prefix_model, cache_free_gre
 
 def test_engine_on_the_base_under_the_prefix_answers_as_the_base(prefix_model, cache_free_greedy):
     """The forgetting check scores the base through the same engine (trainer.forgetting_check)."""
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     model, loaded = prefix_model
     engine = HFEngine(model.get_base_model(), loaded.tokenizer, loaded.family, "base")
@@ -66,7 +66,7 @@ def test_engine_on_the_base_under_the_prefix_answers_as_the_base(prefix_model, c
 
 def test_generation_eval_during_training_keeps_the_prefix(prefix_model, cache_free_greedy):
     from glmtune.evaluate.callback import GenerationEvalCallback
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     model, loaded = prefix_model
     engine = HFEngine(model, loaded.tokenizer, loaded.family, "pt")

@@ -86,7 +86,7 @@ def test_runtime_method_plans_trains_serves_exports(norms_method, tiny_glm4, tmp
     from transformers import AutoModelForCausalLM
 
     from glmtune.cli import main
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     data = _chat_data(tmp_path / "train.jsonl")
     run = tmp_path / "run"

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from glmtune.serve.batching import BASE, BatchingEngine, GenRequest
+from glmtune.inference.batching import BASE, BatchingEngine, GenRequest
 
 PROMPTS = [[{"role": "user", "content": "你好" * (3 * i + 1) + f" 问题{i}"}] for i in range(8)]
 

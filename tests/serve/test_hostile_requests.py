@@ -243,7 +243,7 @@ def test_browser_clients_with_api_key_and_cors(start_app):
 
 def test_cancelled_waiting_request_leaves_the_queue_at_once(served):
     """A request cancelled while queued frees its queue place now, not when it reaches the head."""
-    from glmtune.serve.batching import BASE, BatchingEngine, GenRequest
+    from glmtune.inference.batching import BASE, BatchingEngine, GenRequest
 
     be = BatchingEngine(served.engine, max_batch_size=1, max_queue=2)
     events = []

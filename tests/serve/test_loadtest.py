@@ -12,8 +12,12 @@ def test_percentile_nearest_rank():
 
 
 def test_refuses_remote_targets():
-    with pytest.raises(SystemExit, match="non-loopback"):
+    from glmtune.errors import InputError
+
+    with pytest.raises(InputError, match="non-loopback"):
         bench_serve("http://10.1.2.3:8000/v1", [1], 1)
+    with pytest.raises(InputError, match="non-loopback"):  # a host name (ipaddress raised ValueError before)
+        bench_serve("http://example.com:8000/v1", [1], 1)
 
 
 def test_bench_serve_writes_json_and_plot(start_app, tmp_path):

@@ -6,8 +6,8 @@ import threading
 import httpx
 import openai
 
-from glmtune.serve.batching import BASE, BatchingEngine, GenRequest
-from glmtune.serve.prefix_cache import PrefixCache
+from glmtune.inference.batching import BASE, BatchingEngine, GenRequest
+from glmtune.inference.prefix_cache import PrefixCache
 
 SYS_A = "你是一名资深的普通话朗读测评专家，负责对中小学生的朗读录音进行客观、细致的评分。" * 3
 SYS_B = "You are a careful grader of reading-aloud recordings; answer with scores and one comment. " * 3

@@ -15,7 +15,7 @@ def ptuning_engine(tiny_glm4):
 
     from glmtune.config.schema import ModelSection
     from glmtune.models.load import load
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     loaded = load(ModelSection(path=str(tiny_glm4)))
     torch.manual_seed(0)  # a random prefix (N(0, 1) embeddings) moves the answers clearly
@@ -44,7 +44,7 @@ def concurrent(engine, be, **kw):
 
 @pytest.mark.parametrize("prefix_cache_tokens", [0, 4096])
 def test_batched_ptuning_equals_cache_free_greedy(ptuning_engine, prefix_cache_tokens, cache_free_greedy):
-    from glmtune.serve.batching import BASE, BatchingEngine
+    from glmtune.inference.batching import BASE, BatchingEngine
 
     def reference(net):
         return [ptuning_engine.tokenizer.decode(
@@ -67,7 +67,7 @@ def test_batched_ptuning_equals_cache_free_greedy(ptuning_engine, prefix_cache_t
 @pytest.mark.timeout(60)  # the bug was a hang
 def test_failed_prefill_answers_with_an_error_and_the_engine_goes_on(served, monkeypatch):
     """A request whose prefill raises gets an error (it used to wait forever); the next one is served."""
-    from glmtune.serve.batching import BatchingEngine
+    from glmtune.inference.batching import BatchingEngine
 
     engine = served.engine
     be = BatchingEngine(engine, max_batch_size=4)

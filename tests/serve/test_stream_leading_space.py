@@ -22,7 +22,7 @@ def chatglm3_tokenizer(tmp_path_factory):
 
 @pytest.mark.parametrize("answer", ["\n Hello world", "\n Hello world \n", " 语速:3;评语:好", "\n\n  Hi"])
 def test_detokenizer_stream_equals_plain_answer(chatglm3_tokenizer, answer):
-    from glmtune.serve.detok import Detokenizer
+    from glmtune.inference.detok import Detokenizer
 
     tok = chatglm3_tokenizer
     ids = tok.encode(answer, add_special_tokens=False)
@@ -43,7 +43,7 @@ def test_engine_stream_equals_generate_on_chatglm3(tmp_path, monkeypatch):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
     from test_chatglm_converted import chatglm3_folder
 
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     monkeypatch.setenv("GLMTUNE_CACHE", str(tmp_path / "cache"))
     engine = HFEngine.from_model_dir(str(chatglm3_folder(tmp_path / "c3")), trust_remote_code=True,

@@ -201,7 +201,9 @@ def test_relaunch_refuses_to_nest_inside_torchrun(monkeypatch):
     from glmtune.train.launch import relaunch
 
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with pytest.raises(RuntimeError, match="inside torchrun"):
+    from glmtune.errors import InputError
+
+    with pytest.raises(InputError, match="inside torchrun"):  # a usage mistake: one line, exit 2
         relaunch(Namespace(items=[], nproc=2, nnodes=None, node_rank=None, master_addr=None, master_port=None),
                  load_config(None, []))
 

@@ -162,7 +162,7 @@ def converse(engine, questions, stateless=False, max_new_tokens=12):
 
 
 def test_chat_endpoint_and_adapters_answer_as_the_runs_own_engine(trained, served):
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     ws = trained
     questions = ["朗读得分3，请评分", "朗读得分5，请评分", "再说一次"]

@@ -25,7 +25,7 @@ def report(cfg, files, result, console) -> dict:
 
     from glmtune.data.formats import read_file
     from glmtune.evaluate.generate import items_from_conversations
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
     from glmtune.tasks.oral_reading.rubric import DIMENSIONS
     from glmtune.tasks.oral_reading.score import score_answers
     from glmtune.utils.io import atomic_write_json

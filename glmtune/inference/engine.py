@@ -1,20 +1,18 @@
 """Inference engine over a transformers model: batched generation and token streaming.
 
 CLI chat, web chat, predictions, eval and the HTTP API all talk to an engine, never to the model.
-`from_run` puts a run's trained part (adapter or weights) on its base; `from_model_dir` loads a plain or
-exported folder (or `tiny:glm4`). Prompts are rendered with the tokenizer's own chat template, the
-same one training used; generation stops on the family's turn-closing tokens.
+`from_run` puts a run's trained part (adapter or weights) on its base (glmtune.run.load does the loading);
+`from_model_dir` loads a plain or exported folder (or `tiny:glm4`). Prompts are rendered with the tokenizer's
+own chat template, the same one training used; generation stops on the family's turn-closing tokens.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from glmtune.config.load import ConfigError
 from glmtune.errors import GenerationError
 
 
@@ -26,25 +24,9 @@ class Completion:
     finish_reason: str  # "stop" | "length"
 
 
-class TemplateMismatch(ConfigError):
-    pass
-
-
 def is_prompt_learning(model) -> bool:
     """A PEFT prompt-learning model (P-Tuning v2 prefix) with its prompt active."""
     return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
-
-
-def check_template(tokenizer, meta: dict, run_dir: Path) -> None:
-    """Train/serve template drift makes models ramble or never stop (a known fine-tuning pitfall): refuse it."""
-    from glmtune.train.trainer import template_hash
-
-    want = meta.get("chat_template_sha256")
-    if want and template_hash(tokenizer) != want:
-        raise TemplateMismatch(
-            f"{run_dir} was trained with a different chat template than {meta['base']} has now "
-            f"(sha256 {want[:12]} vs {template_hash(tokenizer)[:12]}). Serve with the run's tokenizer "
-            f"({run_dir / 'tokenizer'}) or retrain.")
 
 
 class HFEngine:
@@ -78,33 +60,14 @@ class HFEngine:
         return cls(loaded.model, loaded.tokenizer, loaded.family, name or Path(str(path)).name)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, name: str | None = None):
-        """Base model + what the run trained (read from run_dir/method.json and config.yaml)."""
-        from glmtune.config.load import load_config
-        from glmtune.config.schema import ModelSection
-        from glmtune.methods import get
-        from glmtune.models.load import load, resolve_path, route_family
+    def from_run(cls, run, name: str | None = None):
+        """Base model + what the run trained (`run`: a folder or an opened glmtune.run.folder.Run)."""
+        from glmtune.run.folder import as_run
+        from glmtune.run.load import load_trained
 
-        run_dir = Path(run_dir)
-        meta_path = run_dir / "method.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{run_dir} is not a finished run folder (no method.json); train first")
-        meta = json.loads(meta_path.read_text())
-        cfg = load_config(run_dir / "config.yaml")
-        method = get(meta["method"])
-        # The run's chat template, a `model.chat_template` override included: serve as it trained.
-        base_cfg = ModelSection(path=meta["base"], trust_remote_code=meta.get("trust_remote_code", False),
-                                dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                chat_template=cfg.model.chat_template)
-        # Load the base the way the method trained on it (quantised for qlora, prefix config for remote-code
-        # ptuning), so the trained part goes on without a second load.
-        loaded = load(base_cfg, cfg.train.precision if cfg.train.precision == "pure_bf16" else "fp32",
-                      quantization_config=method.quantization(cfg.method, cfg.train),
-                      config_overrides=method.config_overrides(
-                          cfg.method, route_family(resolve_path(meta["base"]))))
-        check_template(loaded.tokenizer, meta, run_dir)
-        model = method.load_trained(loaded, run_dir / meta["artifact"], cfg.method)
-        return cls(model, loaded.tokenizer, loaded.family, name or run_dir.name)
+        run = as_run(run)
+        model, loaded = load_trained(run)
+        return cls(model, loaded.tokenizer, loaded.family, name or run.name)
 
     # ---- prompts --------------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -174,7 +137,7 @@ class HFEngine:
             return
         from transformers import TextIteratorStreamer
 
-        from glmtune.serve.detok import strip_stream
+        from glmtune.inference.detok import strip_stream
 
         torch = self._torch
         ids = torch.tensor([self.prompt_ids(messages)], device=self.device)
@@ -203,13 +166,13 @@ class HFEngine:
     # ---- prefix (prompt-learning) models: through the batching engine ---------------------------
     def _batching(self):
         if self._batcher is None:
-            from glmtune.serve.batching import BatchingEngine
+            from glmtune.inference.batching import BatchingEngine
 
             self._batcher = BatchingEngine(self, max_batch_size=16, max_queue=1 << 16)
         return self._batcher
 
     def _submit(self, prompt, max_new_tokens, temperature, top_p, sink):
-        from glmtune.serve.batching import GenRequest
+        from glmtune.inference.batching import GenRequest
 
         return self._batching().submit(GenRequest(prompt_ids=list(prompt), max_new_tokens=max_new_tokens,
                                                   temperature=temperature, top_p=top_p, sink=sink))

@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from glmtune.serve.detok import Detokenizer
-from glmtune.serve.kv import buffer_layer_class, new_cache, split_attention
-from glmtune.serve.prefix_cache import PrefixCache
+from glmtune.inference.detok import Detokenizer
+from glmtune.inference.kv import buffer_layer_class, new_cache, split_attention
+from glmtune.inference.prefix_cache import PrefixCache
 
 BASE = "__base__"  # adapter name meaning "adapters disabled"
 # Prompt tokens prefilled between two decode steps (vLLM's max_num_batched_tokens, whose CPU default is
