@@ -12,7 +12,8 @@ exiting with the class's `exit_code`; anything else is a bug and keeps its trace
                                                  MethodError); config.load.ConfigError (config files,
                                                  overrides, values; DataError, TemplateError, ...);
                                                  run.folder.RunFolderError (not a finished run folder);
-                                                 export.merge.ExportError; train.trainer.DivergedError (a
+                                                 export.merge.ExportError; train.trainer.DivergedError;
+                                                 ResumeError (a checkpoint this run cannot resume) (a
                                                  non-finite loss: the fix is a setting, e.g. train.lr); ...
                                                  argparse's usage errors exit 2 too
     130   interrupted (Ctrl-C)
@@ -40,6 +41,13 @@ class MissingFileError(InputError, FileNotFoundError):
 class MethodError(InputError):
     """A training method cannot run on this model or with these settings (freeze of a missing layer,
     P-Tuning on a model without prefix support, packing with a prefix, ...)."""
+
+
+class ResumeError(GlmtuneError, RuntimeError):
+    """A checkpoint cannot be resumed by this engine / process count; the message says what to do.
+
+    Raised by train/launch.py and by a method that cannot resume (methods/ptuning.py), so it lives here, below both
+    (also importable as `glmtune.train.launch.ResumeError`)."""
 
 
 class RunFailure(GlmtuneError):

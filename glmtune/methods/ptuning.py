@@ -146,7 +146,7 @@ def official_prefix_encoder(peft_model, hidden_size: int) -> None:
 def _refuse_flat_prefix(state_dict) -> None:
     """A saved PEFT prefix is the MLP's output; loading it into a training projection encoder (a Trainer resume)
     would pass it through the MLP a second time. PEFT's own encoder fails on the shape; this one fits, so say it."""
-    from glmtune.train.launch import ResumeError
+    from glmtune.errors import ResumeError
 
     raise ResumeError("method ptuning with prefix_projection=true: a checkpoint keeps only the projected prefix, not "
                       "the MLP, so training cannot resume from it; start again with train.resume=never (or train "

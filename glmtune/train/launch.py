@@ -23,15 +23,11 @@ from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 
-from glmtune.errors import GlmtuneError, InputError, MissingFileError
+from glmtune.errors import InputError, MissingFileError, ResumeError  # noqa: F401  (ResumeError re-exported)
 
 # torchrun's own environment names, read when the matching flag is absent (same names torchrun reads).
 ENV_NAMES = {"nproc": "NPROC_PER_NODE", "nnodes": "NNODES", "node_rank": "NODE_RANK",
              "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
-
-
-class ResumeError(GlmtuneError, RuntimeError):
-    """A checkpoint cannot be resumed by this engine / process count; the message says what to do."""
 
 
 # ---------------------------------------------------------------------------------------------- launch
