@@ -12,9 +12,9 @@ exiting with the class's `exit_code`; anything else is a bug and keeps its trace
                                                  MethodError); config.load.ConfigError (config files,
                                                  overrides, values; DataError, TemplateError, ...);
                                                  run.folder.RunFolderError (not a finished run folder);
-                                                 export.merge.ExportError; train.trainer.DivergedError;
-                                                 ResumeError (a checkpoint this run cannot resume) (a
-                                                 non-finite loss: the fix is a setting, e.g. train.lr); ...
+                                                 export.merge.ExportError; train.trainer.DivergedError (a
+                                                 non-finite loss: the fix is a setting, e.g. train.lr);
+                                                 ResumeError (a checkpoint that cannot resume); ...
                                                  argparse's usage errors exit 2 too
     130   interrupted (Ctrl-C)
 """
