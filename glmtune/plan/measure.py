@@ -60,9 +60,9 @@ def measure_training(cfg, steps: int = 4, warmup: int = 1) -> Throughput:
 
     from glmtune.data.collate import PadCollator
     from glmtune.data.dataset import prepare
+    from glmtune.methods.loading import load_for_training, mixed_half
     from glmtune.models.load import stop_token_ids
-    from glmtune.train.loss import causal_lm_loss_sum, plain_loss_sum
-    from glmtune.train.trainer import load_for_training, mixed_half
+    from glmtune.models.loss import causal_lm_loss_sum, plain_loss_sum
 
     method, loaded = load_for_training(cfg)
     tok = loaded.tokenizer

@@ -163,7 +163,7 @@ def activation_bytes(facts: ModelFacts, method: str, st: MemorySetup) -> tuple[f
 
 
 def logits_bytes(facts: ModelFacts, st: MemorySetup, method: str | None = None) -> tuple[float, float]:
-    """(saved bytes, peak bytes) of the LM-head output and loss buffers (`glmtune.train.loss`)."""
+    """(saved bytes, peak bytes) of the LM-head output and loss buffers (`glmtune.models.loss`)."""
     tokens = st.seq * st.batch
     prefix = method is not None and _method(method).is_prefix
     whole_forward = prefix or facts.family == "chatglm"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmtune.config.load import ConfigError
+from glmtune.methods.loading import load_for_training, mixed_half  # noqa: F401  (also used by plan --measure)
 from glmtune.run.folder import CHECKPOINTS, FORGETTING
 from glmtune.utils.io import atomic_dir, atomic_write_json, atomic_write_text, write_jsonl
 
@@ -26,12 +27,6 @@ class DivergedError(ConfigError):
 class RunResult:
     run_dir: Path
     summary: dict
-
-
-def mixed_half(precision: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def check_precision(precision: str) -> None:
@@ -119,22 +114,6 @@ def rotate_complete_checkpoints(ckpt_root: Path, limit: int | None, newest: Path
         remaining -= 1
 
 
-def load_for_training(cfg):
-    """Tokenizer + base model loaded the way the method needs (dtype, quantisation)."""
-    from glmtune.methods import get
-    from glmtune.models.load import load, resolve_path, route_family
-
-    method = get(cfg.method.name)
-    family = route_family(resolve_path(cfg.model.path))
-    model_cfg = cfg.model
-    half = mixed_half(cfg.train.precision)
-    if model_cfg.dtype == "auto" and half is not None and method.freezes_base:
-        # Frozen base weights can live in half precision; trainable ones are upcast to fp32 below.
-        model_cfg = model_cfg.model_copy(update={"dtype": "bfloat16" if cfg.train.precision == "bf16" else "float16"})
-    return method, load(model_cfg, cfg.train.precision, quantization_config=method.quantization(cfg.method, cfg.train),
-                        config_overrides=method.config_overrides(cfg.method, family))
-
-
 def training_arguments(cfg, out: Path, n_train: int, world: int = 1, has_val: bool = True):
     """The one place our TrainSection becomes HF TrainingArguments (`has_val`: a validation split exists)."""
     import torch
@@ -194,7 +173,7 @@ def make_trainer_class():
     from transformers import Trainer
 
     from glmtune.train.callbacks import COMPLETE
-    from glmtune.train.loss import causal_lm_loss_sum, plain_loss_sum
+    from glmtune.models.loss import causal_lm_loss_sum, plain_loss_sum
 
     class GlmTrainer(Trainer):
         """HF Trainer with the supervised-only chunked loss and checkpoint completion markers."""

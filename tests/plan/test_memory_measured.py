@@ -19,7 +19,7 @@ from memory_tally import measure_step_memory
 
 from glmtune.plan.facts import model_facts
 from glmtune.plan.memory import MemorySetup, estimate
-from glmtune.train.loss import plain_loss_sum
+from glmtune.models.loss import plain_loss_sum
 
 SEQ, BATCH = 256, 2
 TOL = 0.20

@@ -6,7 +6,7 @@ import torch
 
 from glmtune.config import load_config
 from glmtune.data.collate import PadCollator
-from glmtune.train.loss import can_split_head, causal_lm_loss_sum, plain_loss_sum
+from glmtune.models.loss import can_split_head, causal_lm_loss_sum, plain_loss_sum
 from glmtune.train.trainer import load_for_training
 
 
@@ -62,7 +62,7 @@ def test_only_supervised_tokens_count():
 def test_right_padding_needs_no_mask_but_left_padding_keeps_it():
     import torch
 
-    from glmtune.train.loss import _attention_inputs
+    from glmtune.models.loss import _attention_inputs
 
     right = {"attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
     left = {"attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]])}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from glmtune.config import load_config
 from glmtune.data.collate import PackedCollator, PadCollator
-from glmtune.train.loss import causal_lm_loss_sum
+from glmtune.models.loss import causal_lm_loss_sum
 from glmtune.train.trainer import load_for_training, train
 
 
