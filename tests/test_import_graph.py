@@ -1,6 +1,6 @@
 """The folder-level import graph of glmtune (scripts/import_graph.py): train, export and evaluate never import
 glmtune.serve (a run's model comes from glmtune.run, generation from glmtune.inference), and the folders form
-no cycle once the edges listed in PENDING are gone."""
+no cycle."""
 
 from __future__ import annotations
 
@@ -14,32 +14,31 @@ spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" /
 graph_mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(graph_mod)
 
-# Edges that still close cycles, each removed by the other half of issue 18 (method registry, config sections,
-# oral-task plug-in). The test fails when one of them disappears, so the list only shrinks, and it fails
-# on any new cycle.
-PENDING = {
-    # config/schema.py assembles RunConfig from each verb's own section class (serve/config.py, ...)
-    ("config", "evaluate"), ("config", "export"), ("config", "methods"), ("config", "plan"), ("config", "serve"),
-    ("config", "train"),
-    # the oral task's demo data is built into the generic data layer (data/cli.py, data/dataset.py)
-    ("data", "tasks"),
-    # `plan --measure` runs real training steps through train/trainer.py
-    ("plan", "train"),
-}
-
-
 def test_train_export_evaluate_do_not_import_serve():
     edges = graph_mod.graph()
     for folder in ("train", "export", "evaluate"):
         assert "serve" not in edges[folder], f"glmtune.{folder} imports glmtune.serve"
 
 
-def test_no_cycle_between_folders_but_the_pending_edges():
+def test_no_cycle_between_folders():
     edges = graph_mod.graph()
-    still = {(a, b) for a, b in PENDING if b in edges.get(a, set())}
-    assert still == PENDING, f"gone, drop from PENDING: {sorted(PENDING - still)}"
-    pruned = {a: {b for b in targets if (a, b) not in PENDING} for a, targets in edges.items()}
-    assert graph_mod.cycles(pruned) == []
+    assert graph_mod.cycles(edges) == [], "the folders of glmtune must form a DAG (see docs/architecture.md)"
+    assert graph_mod.problems(edges) == []
+
+
+def test_low_layers_import_no_stage_task_or_method():
+    """config and the registry sit under every stage: they find methods and tasks through glmtune.registry."""
+    edges = graph_mod.graph()
+    assert edges["registry"] <= {"utils"}
+    assert edges["config"] <= {"errors", "registry", "utils"}
+    for folder in ("data", "models", "evaluate", "methods", "plan", "train"):
+        assert "tasks" not in edges[folder], f"glmtune.{folder} imports glmtune.tasks"
+
+
+def test_check_exits_0():
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "import_graph.py"), "--check"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
 
 
 def test_cycle_finder_finds_a_cycle():

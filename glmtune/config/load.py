@@ -124,9 +124,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in [*parse_overrides(overrides or []), *(values or [])]:
         _set_dotted(tree, key, value)
     if isinstance(tree.get("method"), dict):
-        from glmtune.methods import default_name
+        from glmtune.registry import default_method
 
-        tree["method"].setdefault("name", default_name())  # the default method, so `method.rank=16` alone works
+        tree["method"].setdefault("name", default_method())  # the default method, so `method.rank=16` alone works
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:

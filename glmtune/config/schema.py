@@ -3,8 +3,9 @@
 Each field is declared once with its type, default and help (the `description`); checks that concern
 one section sit in that section. Checks that need the data or the model (cutoff vs template length,
 warm-up share) live in `glmtune.plan`, which reports them with reasons before training.
-Sections owned by later stages are declared beside their code (evaluate/config.py, export/config.py,
-serve/config.py, plan/config.py, train/distributed.py) and the method section by each method module.
+Sections owned by later stages are declared in config/sections.py (re-exported by evaluate/config.py,
+export/config.py, serve/config.py, plan/config.py, train/distributed.py), and the method section by each method
+module, found through glmtune/registry.py at validation time: config imports no stage and no method.
 """
 
 from __future__ import annotations
@@ -15,12 +16,8 @@ from typing import Literal
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from glmtune.config.base import Section
-from glmtune.evaluate.config import EvalSection
-from glmtune.export.config import ExportSection
-from glmtune.methods import REGISTRY, default_name
-from glmtune.plan.config import PlanSection
-from glmtune.serve.config import ServeSection
-from glmtune.train.distributed import DistributedSection
+from glmtune.config.sections import DistributedSection, EvalSection, ExportSection, PlanSection, ServeSection
+from glmtune.registry import default_method, methods
 
 
 class ModelSection(Section):
@@ -140,7 +137,7 @@ class RunConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     # Any registered method's config section, picked by `method.name` (the registry is read at validation time,
     # so methods registered at runtime validate too); SerializeAsAny dumps the chosen class's own fields.
-    method: SerializeAsAny[Section] = Field(default_factory=lambda: REGISTRY[default_name()].config_cls())
+    method: SerializeAsAny[Section] = Field(default_factory=lambda: methods()[default_method()].config_cls())
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
@@ -151,11 +148,12 @@ class RunConfig(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _method_by_name(cls, value):
+        registry = methods()
         if isinstance(value, dict):
-            name = value.get("name", default_name())
-            if name not in REGISTRY:
-                raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(REGISTRY))}")
-            return REGISTRY[name].config_cls.model_validate(value)
-        if isinstance(value, Section) and getattr(value, "name", None) not in REGISTRY:
-            raise ValueError(f"unknown method {getattr(value, 'name', None)!r}; registered: {sorted(REGISTRY)}")
+            name = value.get("name", default_method())
+            if name not in registry:
+                raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(registry))}")
+            return registry[name].config_cls.model_validate(value)
+        if isinstance(value, Section) and getattr(value, "name", None) not in registry:
+            raise ValueError(f"unknown method {getattr(value, 'name', None)!r}; registered: {sorted(registry)}")
         return value

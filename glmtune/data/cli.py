@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--history-column", default=None)
     s = sub.add_parser("stats", help="token-length percentiles (prompt vs supervised) for the configured data")
     add_config_args(s)
-    from glmtune.tasks import TASKS
+    from glmtune.registry import tasks
 
-    for task in TASKS.values():  # tables a task adds to `data stats` (e.g. its prompt modes)
+    for task in tasks().values():  # tables a task adds to `data stats` (e.g. its prompt modes)
         for extra in task.stats_flags:
             s.add_argument(extra.flag, action="store_true", help=extra.help)
     r = sub.add_parser("render", help="the exact token ids training uses per sample, supervised tokens highlighted")
@@ -89,9 +89,9 @@ def _stats(args) -> int:
     console.print(f"cutoff_len {tp['cutoff_len']}: {tp['samples_over']} samples over ({tp['share_over']:.1%}), "
                   f"holding {tp['supervised_tokens_in_over']} supervised tokens; template overhead "
                   f"{st.template_overhead} tokens")
-    from glmtune.tasks import TASKS
+    from glmtune.registry import tasks
 
-    for task in TASKS.values():
+    for task in tasks().values():
         for extra in task.stats_flags:
             if getattr(args, extra.flag.lstrip("-").replace("-", "_"), False):
                 console.print(extra.table(tok))

@@ -55,7 +55,7 @@ class Prepared:
 
 def demo_files(seed: int = 0) -> dict[str, Path]:
     """The bundled demo set (`data.train=demo`), provided by the default task of `glmtune.tasks`."""
-    from glmtune.tasks import demo_files as task_demo_files
+    from glmtune.registry import demo_files as task_demo_files
 
     return task_demo_files(seed)
 

@@ -91,7 +91,7 @@ class FieldSpec:
     @classmethod
     def builtin(cls, name: str) -> FieldSpec:
         """A spec a task registers by name (glmtune.tasks: `Task.field_specs`)."""
-        from glmtune.tasks import builtin_field_spec, field_spec_names
+        from glmtune.registry import builtin_field_spec, field_spec_names
 
         spec = builtin_field_spec(name)
         if spec is None:
@@ -120,7 +120,7 @@ class FieldSpec:
     @classmethod
     def load(cls, ref: str | Path) -> FieldSpec:
         """A built-in spec's name (registered by a task) or a YAML file path."""
-        from glmtune.tasks import field_spec_names
+        from glmtune.registry import field_spec_names
 
         if str(ref) in field_spec_names():
             return cls.builtin(str(ref))

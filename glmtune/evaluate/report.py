@@ -49,7 +49,7 @@ def build_report(rows: list[dict], *, field_spec=None, metrics=("text", "fields"
         for p, s in zip(per, fields.pop("per_sample")):
             p.update({"format_valid": s["valid"], "format_errors": s["errors"]})
         report["fields"] = fields
-    from glmtune.tasks import task_metrics
+    from glmtune.registry import task_metrics
 
     for family, note in task_metrics().items():  # scored by the task's own verb: say where
         if family in metrics:

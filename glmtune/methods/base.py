@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from glmtune.config.base import Section
+from glmtune.registry import METHODS
 
 
 class Method:
@@ -97,7 +98,7 @@ class Method:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, Method] = {}
+REGISTRY: dict[str, Method] = METHODS  # the one dict, kept in glmtune/registry.py so config reads it without this package
 
 
 def register(cls):

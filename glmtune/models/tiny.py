@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
-from glmtune.utils.io import atomic_dir
+from glmtune.utils.io import atomic_dir, cache_root  # noqa: F401  (cache_root: imported from here elsewhere)
 
 # GLM-4's special tokens, in the order of the real tokenizer (ids differ: our vocabulary is tiny).
 GLM4_SPECIAL_TOKENS = [
@@ -52,14 +51,10 @@ BUILD_VERSION = "1"
 
 def _corpus() -> str:
     """The generic corpus plus the text each registered task wants tokenized compactly (its prompts)."""
-    from glmtune.tasks import tokenizer_texts
+    from glmtune.registry import tokenizer_texts
 
     assets = resources.files("glmtune") / "assets"
     return "\n".join([(assets / "tiny_corpus.txt").read_text("utf-8"), *tokenizer_texts()])
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GLMTUNE_CACHE", Path.home() / ".cache" / "glmtune"))
 
 
 def train_tokenizer(corpus: str):

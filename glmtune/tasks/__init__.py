@@ -1,5 +1,5 @@
 """Task recipes: data, answer format, metrics and demo of one job, plugged into the generic stages through
-`glmtune.tasks.registry` (see docs/architecture.md). Importing this package registers the bundled tasks."""
+`glmtune.registry` (see docs/architecture.md). Importing this package registers the bundled tasks."""
 
 from glmtune.tasks.registry import (TASKS, StatsFlag, Task, builtin_field_spec, default_field_spec, default_task,
                                     demo_files, field_spec_names, register_task, task_metrics, tokenizer_texts,

@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def cache_root() -> Path:
+    """glmtune's cache folder ($GLMTUNE_CACHE, else ~/.cache/glmtune): tiny models, converted checkpoints, demo data."""
+    return Path(os.environ.get("GLMTUNE_CACHE", Path.home() / ".cache" / "glmtune"))
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temp file in the same folder and a rename (POSIX-atomic)."""
     path = Path(path)
