@@ -17,7 +17,10 @@ Tasks: a task registers one `Task` saying what it contributes:
   * `stats_flags`: extra `glmtune data stats --FLAG` tables;
   * `tokenizer_text`: text the embedded tiny tokenizer is trained on besides the generic corpus, so its
     prompts tokenize like a real model's would;
-  * `demo_report`: what `glmtune demo` shows after training (predictions scored the task's way).
+  * `demo_report`: what `glmtune demo` shows after training (predictions scored the task's way);
+  * `web_data_panel`: its own panel in `glmtune web`'s Data tab, called as `(workspace, data_file=dropdown)`
+    inside the tab's gradio context: it lays out its blocks and wires their events, pointing the tab's
+    data-file dropdown at a file it writes (the web app draws every registered task's panel, naming none).
 
 Everything is a callable or a module name, so registering a task imports nothing heavy.
 
@@ -80,6 +83,7 @@ class Task:
     metrics: Mapping[str, str] = field(default_factory=dict)  # metric family -> note in the eval report
     stats_flags: tuple[StatsFlag, ...] = ()
     tokenizer_text: Callable[[], str] | None = None
+    web_data_panel: Callable | None = None  # (web Workspace, *, data_file=gr.Dropdown) -> None (glmtune/web/app.py)
 
 
 TASKS: dict[str, Task] = {}  # filled by register_task; read it through tasks() so the bundled ones are in

@@ -20,6 +20,7 @@ from glmtune.web.workspace import WebError, Workspace, check_name
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # jobs run this very glmtune, wherever it lives
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+NO_FIELD_SPEC = "none"  # the Evaluate tab's field-spec choice for text metrics only
 
 
 def _methods() -> list[str]:
@@ -186,55 +187,6 @@ def render_data(ws: Workspace, path: str, model_path: str = "tiny:glm4", cutoff_
     html = console.export_html(inline_styles=True, clear=False,
                                code_format="<pre style=\"white-space: pre-wrap; font-size: 12px\">{code}</pre>")
     return html.replace(str(p), ws.rel(p)), console.export_text().replace(str(p), ws.rel(p)), problems
-
-
-def oral_inputs(ws: Workspace) -> list[str]:
-    """ISE inputs in the workspace: JSONL files of {id, text, ise} and folders holding *.xml / *.txt results."""
-    out = list(ws.data_files())
-    for top in sorted(ws.root.iterdir()):
-        if not top.is_dir() or top.name in ws.OWN_FOLDERS:
-            continue
-        for d in [top, *sorted(x for x in top.rglob("*") if x.is_dir())]:
-            if any(f.is_file() and f.suffix.lower() in (".xml", ".txt") for f in d.iterdir()):
-                out.append(ws.rel(d))
-    return out
-
-
-def oral_build(ws: Workspace, source: str, out_name: str, mode: str = "evidence", labels: str = "rubric",
-               label_file: str | None = None, on_bad_record: str = "error", rejected: str = "flag") -> tuple[list[str], Path]:
-    """`glmtune oral build INPUT --out data/NAME.jsonl ...`: the lines the CLI prints, and the file it wrote.
-    An input that stops the build (a bad line with on_bad_record=error) raises OralInputError, as the CLI."""
-    from glmtune.tasks.oral_reading.build import build_dataset, load_inputs_report, load_labels
-    from glmtune.tasks.oral_reading.records import OralInputError
-
-    src = ws.resolve(source)
-    name = check_name(out_name, "output name")
-    out = ws.data_dir / (name if name.endswith(".jsonl") else name + ".jsonl")
-    try:  # the CLI's messages, with the workspace-relative paths the page shows
-        items, loaded = load_inputs_report(src, on_bad_record)
-        table = load_labels(ws.resolve(label_file)) if label_file else None
-    except OralInputError as err:
-        raise OralInputError(str(err).replace(str(ws.root) + "/", "")) from None
-    lines = [ln.replace(str(src), ws.rel(src)) for ln in loaded.lines()]
-    if table is not None:
-        for it in items:
-            if it.id in table:
-                it.labels, it.remark = table[it.id]
-    report = build_dataset(items, out, mode, labels, rejected)
-    lines.append(f"wrote {report.written} samples to {ws.rel(out)}; skipped {len(report.skipped)} without labels")
-    if report.rejected:
-        done = {"flag": "kept with the rejection in the prompt", "keep": "kept as they are", "drop": "dropped"}
-        lines.append("ISE-rejected results: " + ", ".join(f"{v} {done[k]}" for k, v in report.rejected.items()))
-    if report.warnings:
-        lines.append("parser repairs: " + ", ".join(f"{k}={v}" for k, v in sorted(report.warnings.items())))
-    return lines, out
-
-
-def oral_argv(ws: Workspace, source: str, out: Path, mode: str, labels: str, label_file: str | None,
-              on_bad_record: str, rejected: str) -> list[str]:
-    argv = ["oral", "build", str(ws.resolve(source)), "--out", str(out), "--mode", mode, "--labels", labels,
-            "--on-bad-record", on_bad_record, "--rejected", rejected]
-    return argv + (["--label-file", str(ws.resolve(label_file))] if label_file else [])
 
 
 # -- Train ----------------------------------------------------------------------------------------------------
@@ -493,12 +445,25 @@ def apply_advice(form: dict, choice: str) -> dict:
 # -- Evaluate -------------------------------------------------------------------------------------------------
 def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | None = None,
                max_new_tokens: int | None = None, base_too: bool = False, forgetting: bool = False,
-               field_spec: str = "oral", extra: str = "") -> tuple[Job, str]:
-    """`glmtune eval --run RUN --test FILE --out evals/NAME ...` as a job (generation takes a while).
+               field_spec: str | None = None, extra: str = "") -> tuple[Job, str]:
+    """`glmtune eval --run RUN --test FILE --out evals/NAME ...` (`eval_argv`) as a job (generation takes a while)."""
+    argv = eval_argv(ws, run, test, out_name, limit, max_new_tokens, base_too, forgetting, field_spec, extra)
+    out = Path(argv[argv.index("--out") + 1])
+    job = ws.jobs.start("eval", [sys.executable, "-m", "glmtune", *argv], run_dir=out, name=out.name,
+                        env=glmtune_env())
+    return job, cli_line(argv)
 
-    `field_spec`: "oral" (the bundled structured-answer spec), "none" (text metrics only) or a YAML spec file in
-    the workspace; `extra`: more `eval.key=value` lines, checked by the config's own loader before the job starts."""
+
+def eval_argv(ws: Workspace, run: str, test: str, out_name: str, limit: int | None = None,
+              max_new_tokens: int | None = None, base_too: bool = False, forgetting: bool = False,
+              field_spec: str | None = None, extra: str = "") -> list[str]:
+    """The Evaluate form as `glmtune eval` arguments, every setting checked before a job would start.
+
+    `field_spec`: a structured-answer spec a task registers (`field_spec_choices`; empty: the config's default,
+    the default task's spec), "none" (text metrics only) or a YAML spec file in the workspace; `extra`: more
+    `eval.key=value` lines, checked by the config's own loader."""
     from glmtune.config.load import load_config
+    from glmtune.tasks import default_field_spec, field_spec_names
 
     run_dir = ws.resolve(run)
     if not is_finished(run_dir):
@@ -514,10 +479,13 @@ def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | N
         argv.append("--forgetting")
     if max_new_tokens:
         argv.append(f"eval.max_new_tokens={int(max_new_tokens)}")
-    spec = (field_spec or "oral").strip()
-    if spec == "none":
+    spec = (field_spec or "").strip() or default_field_spec() or NO_FIELD_SPEC
+    builtin = spec in field_spec_names()
+    if spec == NO_FIELD_SPEC:
         argv.append("eval.metrics=[text]")
-    elif spec != "oral":
+    elif builtin and spec != default_field_spec():
+        argv.append(f"eval.field_spec={spec}")
+    elif not builtin:
         argv.append(f"eval.field_spec={ws.resolve(spec)}")
     for line in (extra or "").splitlines():
         line = line.strip()
@@ -526,7 +494,7 @@ def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | N
                 raise WebError(f"{line!r}: only eval.key=value settings here")
             argv.append(line)
     load_config(None, [a for a in argv if a.startswith("eval.")])  # ConfigError: the message `glmtune eval` prints
-    if spec not in ("oral", "none"):
+    if spec != NO_FIELD_SPEC and not builtin:
         from glmtune.evaluate.fields import FieldSpec
 
         import yaml
@@ -535,9 +503,14 @@ def start_eval(ws: Workspace, run: str, test: str, out_name: str, limit: int | N
             FieldSpec.load(str(ws.resolve(spec)))
         except (ValueError, KeyError, TypeError, OSError, yaml.YAMLError) as err:
             raise WebError(f"{spec}: not a field spec: {err}") from None
-    job = ws.jobs.start("eval", [sys.executable, "-m", "glmtune", *argv], run_dir=out, name=out.name,
-                        env=glmtune_env())
-    return job, cli_line(argv)
+    return argv
+
+
+def field_spec_choices(ws: Workspace) -> list[str]:
+    """The Evaluate tab's field-spec choices: the specs registered tasks provide, "none", the workspace's YAML files."""
+    from glmtune.tasks import field_spec_names
+
+    return [*field_spec_names(), NO_FIELD_SPEC, *ws.data_files(suffixes=(".yaml", ".yml"))]
 
 
 def eval_report(ws: Workspace, job: Job) -> tuple[str, Path | None]:

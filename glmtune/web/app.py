@@ -1,8 +1,8 @@
 """`glmtune web [--port 7860] [--host 127.0.0.1] [--workspace DIR] [--token T]`: the whole path in a browser.
 
 Tabs: Data (upload or pick a file; `data check` problems as file:line; `data stats` with a token-length
-histogram drawn with the model's real template and what the cutoff would cut; `data render`; `oral build` from
-ISE results with its counts and errors), Plan (`glmtune plan` on the Train form), Train (a form over the typed
+histogram drawn with the model's real template and what the cutoff would cut; `data render`; below them each
+registered task's own data panel, `Task.web_data_panel`, e.g. building a data set from the task's raw inputs), Plan (`glmtune plan` on the Train form), Train (a form over the typed
 config, validated by the config's own loader; the YAML and the equivalent CLI command; Start / Stop / Resume;
 the job list; live loss curve, progress with ETA, log tail), Export (run, shard size, dtype, device, output
 folder; the verify result; one click to chat with it), Evaluate (`glmtune eval` as a job; metrics table, base
@@ -87,6 +87,7 @@ def build_ui(ws):
 
     from glmtune.errors import GlmtuneError
     from glmtune.serve.webui import stream_reply
+    from glmtune.tasks import TASKS, default_field_spec
     from glmtune.web import actions
     from glmtune.web.chat import ChatModels, adapter_runs
 
@@ -131,25 +132,6 @@ def build_ui(ws):
         except (GlmtuneError, OSError, ValueError) as err:
             return "", err_text(err)
         return html, "\n".join(problems) or "every sample rendered"
-
-    def on_ise_upload(files, folder):
-        if not files:
-            return gr.update(), ""
-        try:
-            dest = ws.save_ise_uploads(files, folder or "ise")
-        except GlmtuneError as err:
-            return gr.update(), err_text(err)
-        return (gr.update(choices=actions.oral_inputs(ws), value=ws.rel(dest)),
-                f"saved {len(files)} file(s) to {ws.rel(dest)}")
-
-    def on_oral_build(source, out_name, mode, labels, label_file, on_bad, rejected):
-        try:
-            lines, out = actions.oral_build(ws, source, out_name, mode, labels, label_file or None, on_bad, rejected)
-        except (GlmtuneError, OSError, ValueError) as err:
-            return err_text(err), "", gr.update()
-        cmd = actions.cli_line(actions.oral_argv(ws, source, out, mode, labels, label_file or None, on_bad,
-                                                 rejected))
-        return "\n".join(lines), cmd, gr.update(choices=ws.data_files(), value=ws.rel(out))
 
     # -- Train --------------------------------------------------------------------------------------------------
     def form_dict(values) -> dict:
@@ -292,7 +274,7 @@ def build_ui(ws):
         return line, f"evaluation job {job.id} started"
 
     def field_specs():
-        return ["oral", "none", *[f for f in ws.data_files(suffixes=(".yaml", ".yml"))]]
+        return actions.field_spec_choices(ws)
 
     def on_view(name):
         empty = (None, "", gr.update(choices=[], value=None), None, "", None, None, {})
@@ -415,33 +397,9 @@ def build_ui(ws):
                 render_btn.click(on_render, [data_file, stats_model, stats_cutoff, render_limit],
                                  [render_html, render_problems])
 
-                gr.Markdown("#### Oral-reading data from ISE results (`glmtune oral build`)")
-                with gr.Row():
-                    ise_upload = gr.File(label="Upload ISE results (*.xml, *.txt, *.ref, or one .jsonl)",
-                                         file_count="multiple", elem_id="ise_upload", scale=2)
-                    with gr.Column(scale=3):
-                        ise_folder = gr.Textbox("ise", label="Upload into ise/NAME", elem_id="ise_folder")
-                        oral_src = gr.Dropdown(actions.oral_inputs(ws), label="ISE input (JSONL or folder)",
-                                               allow_custom_value=True, elem_id="oral_src")
-                        oral_labelfile = gr.Dropdown(["", *ws.data_files()], value="", allow_custom_value=True,
-                                                     label="--label-file (teacher scores, optional)",
-                                                     elem_id="oral_labelfile")
-                with gr.Row():
-                    oral_mode = gr.Dropdown(["evidence", "raw"], value="evidence", label="--mode", elem_id="oral_mode")
-                    oral_labels = gr.Dropdown(["rubric", "teacher"], value="rubric", label="--labels",
-                                              elem_id="oral_labels")
-                    oral_bad = gr.Dropdown(["error", "skip"], value="skip", label="--on-bad-record",
-                                           elem_id="oral_bad")
-                    oral_rejected = gr.Dropdown(["flag", "keep", "drop"], value="flag", label="--rejected",
-                                                elem_id="oral_rejected")
-                    oral_out = gr.Textbox("oral", label="Output (data/NAME.jsonl)", elem_id="oral_out")
-                    oral_btn = gr.Button("Build", variant="primary", elem_id="oral_build")
-                oral_cmd = gr.Code(label="Equivalent command", language="shell", elem_id="oral_command")
-                oral_result = gr.Textbox(label="Build: counts and errors", lines=5, elem_id="oral_result",
-                                         interactive=False)
-                ise_upload.upload(on_ise_upload, [ise_upload, ise_folder], [oral_src, oral_result])
-                oral_btn.click(on_oral_build, [oral_src, oral_out, oral_mode, oral_labels, oral_labelfile, oral_bad,
-                                               oral_rejected], [oral_result, oral_cmd, data_file])
+                for task in TASKS.values():  # each registered task's own data panel (Task.web_data_panel)
+                    if task.web_data_panel is not None:
+                        task.web_data_panel(ws, data_file=data_file)
 
             with gr.Tab("Plan", id="plan", elem_id="tab_plan"):
                 gr.Markdown("Plans the config of the **Train** tab's form (`glmtune plan`): token lengths vs cutoff, "
@@ -573,7 +531,8 @@ def build_ui(ws):
                     eval_base = gr.Checkbox(False, label="Base too (base vs tuned)", elem_id="eval_base")
                     eval_forget = gr.Checkbox(False, label="Forgetting check", elem_id="eval_forget")
                 with gr.Row():
-                    eval_spec = gr.Dropdown(field_specs(), value="oral", allow_custom_value=True,
+                    eval_spec = gr.Dropdown(field_specs(), value=default_field_spec() or actions.NO_FIELD_SPEC,
+                                            allow_custom_value=True,
                                             label="Field spec (structured answers; a YAML spec in the workspace)",
                                             elem_id="eval_spec")
                     eval_extra = gr.Textbox("", label="More settings: eval.key=value per line", lines=2,

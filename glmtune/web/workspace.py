@@ -20,7 +20,6 @@ from glmtune.errors import GlmtuneError
 from glmtune.web.jobs import JobStore
 
 DATA_SUFFIXES = (".jsonl", ".json")
-ISE_SUFFIXES = (".xml", ".txt", ".ref", ".jsonl")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -83,14 +82,15 @@ class Workspace:
         shutil.copyfile(uploaded, dest)
         return dest
 
-    def save_ise_uploads(self, uploaded: list, folder: str) -> Path:
-        """ISE results (*.xml, *.txt, *.ref sidecars, or one .jsonl) into ise/<folder>/, under cleaned base names."""
-        dest = self.root / "ise" / check_name(folder, "folder name")
+    def save_uploads(self, uploaded: list, under: str, folder: str, suffixes: tuple[str, ...], kind: str) -> Path:
+        """Uploaded files into <under>/<folder>/ under cleaned base names (never a path the browser chose); a file
+        not ending in one of `suffixes` is refused, naming `kind` (e.g. "ISE results")."""
+        dest = self.root / under / check_name(folder, "folder name")
         dest.mkdir(parents=True, exist_ok=True)
         for up in uploaded:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(up).name).lstrip(".")
-            if not name.lower().endswith(ISE_SUFFIXES):
-                raise WebError(f"{Path(up).name}: ISE results are {', '.join(ISE_SUFFIXES)} files")
+            if not name.lower().endswith(suffixes):
+                raise WebError(f"{Path(up).name}: {kind} are {', '.join(suffixes)} files")
             shutil.copyfile(up, dest / name)
         return dest
 

@@ -67,3 +67,45 @@ def test_runtime_task_contributes_spec_metric_and_stats_flag(toy_task, tiny_glm4
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "label:pos"}]}\n')
     assert main(["data", "stats", f"model.path={tiny_glm4}", f"data.train={data}", "--toy-table"]) == 0
     assert "toy table for" in capsys.readouterr().out
+
+
+def test_runtime_task_plugs_into_the_web_app(tmp_path):
+    """`glmtune web` offers a registered task's field spec (and passes it to `glmtune eval`) and draws its
+    Data-tab panel, wired to the tab's data-file dropdown; the bundled task's panel is drawn the same way."""
+    from glmtune.web import actions
+    from glmtune.web.app import build_ui
+    from glmtune.web.workspace import Workspace
+
+    got = {}
+
+    def panel(ws, *, data_file):
+        import gradio as gr
+
+        got["data_file"] = data_file.elem_id
+        gr.Markdown("toy panel", elem_id="toy_panel")
+
+    def spec():
+        from glmtune.evaluate.fields import Field, FieldSpec
+
+        return FieldSpec("sentiment", (Field("label", "str", ("pos", "neg")),))
+
+    ws = Workspace(tmp_path / "ws")
+    (ws.runs_dir / "r").mkdir()
+    (ws.runs_dir / "r" / "method.json").write_text("{}")
+    (ws.data_dir / "t.jsonl").write_text("{}\n")
+    register_task(Task(name="toy", summary="toy", field_specs={"sentiment": spec}, web_data_panel=panel))
+    try:
+        choices = actions.field_spec_choices(ws)
+        assert "sentiment" in choices and "oral" in choices and "none" in choices
+        assert "eval.field_spec=sentiment" in actions.eval_argv(ws, "runs/r", "data/t.jsonl", "e",
+                                                                field_spec="sentiment")
+        ui = build_ui(ws)
+    finally:
+        unregister_task("toy")
+    ids = {b.elem_id for b in ui.blocks.values()}
+    assert {"toy_panel", "oral_build", "oral_src", "oral_result"} <= ids and got["data_file"] == "data_file"
+    spec_box = next(b for b in ui.blocks.values() if b.elem_id == "eval_spec")
+    assert spec_box.value == "oral"  # the default task's spec, as `eval.field_spec`'s default
+    # the default spec adds nothing (the config's default), "none" asks for text metrics only
+    assert not [a for a in actions.eval_argv(ws, "runs/r", "data/t.jsonl", "e") if a.startswith("eval.")]
+    assert "eval.metrics=[text]" in actions.eval_argv(ws, "runs/r", "data/t.jsonl", "e", field_spec="none")

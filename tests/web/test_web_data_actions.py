@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from glmtune.config.load import ConfigError
+from glmtune.tasks.oral_reading.web import oral_build, oral_inputs, save_ise_uploads
 from glmtune.web import actions
 from glmtune.web.workspace import WebError, Workspace
 
@@ -97,7 +98,7 @@ def test_oral_build_counts_and_file_equal_the_cli(ws):
     lines = ise.read_text(encoding="utf-8").splitlines()
     lines.insert(3, "{not json")  # a bad line: counted and named, or stops the build
     ise.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    shown, out = actions.oral_build(ws, "syn/ise.jsonl", "oral_web", on_bad_record="skip")
+    shown, out = oral_build(ws, "syn/ise.jsonl", "oral_web", on_bad_record="skip")
     printed = cli(["oral", "build", "syn/ise.jsonl", "--out", "data/oral_cli.jsonl", "--on-bad-record", "skip"],
                   ws.root).stdout.splitlines()
     assert [s.replace("oral_web", "oral_cli") for s in shown] == printed
@@ -107,9 +108,9 @@ def test_oral_build_counts_and_file_equal_the_cli(ws):
     # on_bad_record=error: the CLI's one-line error, raised (the page shows it)
     p = cli(["oral", "build", "syn/ise.jsonl", "--out", "data/x.jsonl"], ws.root, check=False)
     with pytest.raises(ConfigError) as err:
-        actions.oral_build(ws, "syn/ise.jsonl", "x")
+        oral_build(ws, "syn/ise.jsonl", "x")
     assert p.returncode == 2 and p.stderr.strip() == f"error: {err.value}"
-    assert actions.oral_inputs(ws)[:3] == ["data/oral_cli.jsonl", "data/oral_web.jsonl", "syn/ise.jsonl"]
+    assert oral_inputs(ws)[:3] == ["data/oral_cli.jsonl", "data/oral_web.jsonl", "syn/ise.jsonl"]
 
 
 def test_oral_build_from_uploaded_xml_folder(ws, tmp_path):
@@ -117,16 +118,16 @@ def test_oral_build_from_uploaded_xml_folder(ws, tmp_path):
     xmls = sorted((tmp_path / "syn" / "xml").glob("*.xml"))
     (tmp_path / "notes.docx").write_text("x")
     with pytest.raises(WebError, match="ISE results are"):
-        ws.save_ise_uploads([tmp_path / "notes.docx"], "batch1")
-    dest = ws.save_ise_uploads(xmls, "batch1")
-    assert dest == ws.root / "ise" / "batch1" and "ise/batch1" in actions.oral_inputs(ws)
+        save_ise_uploads(ws, [tmp_path / "notes.docx"], "batch1")
+    dest = save_ise_uploads(ws, xmls, "batch1")
+    assert dest == ws.root / "ise" / "batch1" and "ise/batch1" in oral_inputs(ws)
     with pytest.raises(WebError, match="folder name"):
-        ws.save_ise_uploads(xmls, "../up")
-    shown, out = actions.oral_build(ws, "ise/batch1", "from_xml")
+        save_ise_uploads(ws, xmls, "../up")
+    shown, out = oral_build(ws, "ise/batch1", "from_xml")
     assert shown[0] == "ise/batch1: 3 read, 0 skipped, 0 failed"
     assert shown[1] == "wrote 3 samples to data/from_xml.jsonl; skipped 0 without labels"
     with pytest.raises(WebError, match="outside the workspace"):
-        actions.oral_build(ws, str(tmp_path / "syn" / "xml"), "escape")
+        oral_build(ws, str(tmp_path / "syn" / "xml"), "escape")
 
 
 def test_eval_settings_are_checked_before_a_job_starts(ws, tmp_path):

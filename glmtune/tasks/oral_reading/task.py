@@ -60,6 +60,13 @@ def demo_report(cfg, files, result, console) -> dict:
     return report(cfg, files, result, console)
 
 
+def web_data_panel(ws, *, data_file) -> None:
+    """`glmtune web`'s Data-tab panel: upload ISE results, `oral build` them (web.py)."""
+    from glmtune.tasks.oral_reading.web import data_panel
+
+    data_panel(ws, data_file=data_file)
+
+
 register_task(Task(
     name=NAME,
     summary="oral-reading scoring: iFlytek ISE results -> rubric sub-scores and a comment",
@@ -71,4 +78,5 @@ register_task(Task(
                    "to beat, next to the model"},
     stats_flags=(StatsFlag("--oral-modes", "also compare raw vs evidence oral prompts", budget_table),),
     tokenizer_text=rubric_text,
+    web_data_panel=web_data_panel,
 ))
