@@ -28,10 +28,10 @@ VERBS: dict[str, str] = {
 
 
 def verbs() -> dict[str, str]:
-    """The generic verbs, then each registered task's own (glmtune.tasks)."""
-    from glmtune.tasks import TASKS
+    """The generic verbs, then each registered task's own (glmtune.registry loads the bundled glmtune.tasks)."""
+    from glmtune.registry import tasks
 
-    return {**VERBS, **{t.verb: t.cli_module for t in TASKS.values() if t.verb and t.cli_module}}
+    return {**VERBS, **{t.verb: t.cli_module for t in tasks().values() if t.verb and t.cli_module}}
 
 
 def build_parser() -> argparse.ArgumentParser:

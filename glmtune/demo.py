@@ -36,7 +36,7 @@ def run(args) -> int:
 
     from glmtune.config.load import load_config
     from glmtune.data.formats import read_file
-    from glmtune.tasks import default_task, demo_files
+    from glmtune.registry import default_task, demo_files
     from glmtune.train.trainer import train
 
     console = Console()

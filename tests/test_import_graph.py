@@ -31,8 +31,8 @@ def test_low_layers_import_no_stage_task_or_method():
     edges = graph_mod.graph()
     assert edges["registry"] <= {"utils"}
     assert edges["config"] <= {"errors", "registry", "utils"}
-    for folder in ("data", "models", "evaluate", "methods", "plan", "train"):
-        assert "tasks" not in edges[folder], f"glmtune.{folder} imports glmtune.tasks"
+    # tasks/ is a plug-in on top: the registry loads it by name, no other folder (not even cli or web) imports it
+    assert [src for src, targets in edges.items() if "tasks" in targets] == []
 
 
 def test_check_exits_0():

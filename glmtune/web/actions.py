@@ -463,7 +463,7 @@ def eval_argv(ws: Workspace, run: str, test: str, out_name: str, limit: int | No
     the default task's spec), "none" (text metrics only) or a YAML spec file in the workspace; `extra`: more
     `eval.key=value` lines, checked by the config's own loader."""
     from glmtune.config.load import load_config
-    from glmtune.tasks import default_field_spec, field_spec_names
+    from glmtune.registry import default_field_spec, field_spec_names
 
     run_dir = ws.resolve(run)
     if not is_finished(run_dir):
@@ -508,7 +508,7 @@ def eval_argv(ws: Workspace, run: str, test: str, out_name: str, limit: int | No
 
 def field_spec_choices(ws: Workspace) -> list[str]:
     """The Evaluate tab's field-spec choices: the specs registered tasks provide, "none", the workspace's YAML files."""
-    from glmtune.tasks import field_spec_names
+    from glmtune.registry import field_spec_names
 
     return [*field_spec_names(), NO_FIELD_SPEC, *ws.data_files(suffixes=(".yaml", ".yml"))]
 

@@ -86,8 +86,8 @@ def build_ui(ws):
     import pandas as pd
 
     from glmtune.errors import GlmtuneError
+    from glmtune.registry import default_field_spec, tasks
     from glmtune.serve.webui import stream_reply
-    from glmtune.tasks import TASKS, default_field_spec
     from glmtune.web import actions
     from glmtune.web.chat import ChatModels, adapter_runs
 
@@ -397,7 +397,7 @@ def build_ui(ws):
                 render_btn.click(on_render, [data_file, stats_model, stats_cutoff, render_limit],
                                  [render_html, render_problems])
 
-                for task in TASKS.values():  # each registered task's own data panel (Task.web_data_panel)
+                for task in tasks().values():  # each registered task's own data panel (Task.web_data_panel)
                     if task.web_data_panel is not None:
                         task.web_data_panel(ws, data_file=data_file)
 
