@@ -78,7 +78,7 @@ def run_variant(kind: str, variant: str, steps: int) -> dict:
     """Runs inside a fresh subprocess."""
     import torch
 
-    from glmtune.train.loss import causal_lm_loss_sum, plain_loss_sum
+    from glmtune.models.loss import causal_lm_loss_sum, plain_loss_sum
 
     model = build_model()
     if kind == "loss":

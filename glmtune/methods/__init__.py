@@ -2,7 +2,8 @@
 (or, for a method outside the package, importing a module that `@register`s it before the config is read).
 
 `glmtune.config.schema.RunConfig` validates the `method` section with the config class of the method its
-`name` picks from `REGISTRY`, so a method registered at runtime is accepted like the built-in ones.
+`name` picks from `REGISTRY` (the dict kept in glmtune/registry.py, which config reads without importing this
+package), so a method registered at runtime is accepted like the built-in ones.
 """
 
 from glmtune.methods import freeze, full, lora, ptuning, qlora  # noqa: F401  (each registers itself)

@@ -1,4 +1,4 @@
-"""The oral-reading recipe's registration: what it plugs into the generic stages (glmtune.tasks.registry).
+"""The oral-reading recipe's registration: what it plugs into the generic stages (glmtune.registry).
 
 Imports nothing heavy: every hook imports its module when called.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from glmtune.tasks.registry import StatsFlag, Task, register_task
+from glmtune.registry import StatsFlag, Task, register_task
 
 NAME = "oral"
 
