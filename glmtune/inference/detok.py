@@ -57,9 +57,18 @@ class Detokenizer:
         return self.flush()
 
 
+def _rstrip_tail(piece: str) -> str:
+    """`piece` without trailing whitespace and U+FFFD (a streamer's flushed incomplete character)."""
+    end = len(piece)
+    while end and (piece[end - 1].isspace() or piece[end - 1] == "\ufffd"):
+        end -= 1
+    return piece[:end]
+
+
 def strip_stream(pieces):
-    """Text pieces of one answer without its leading and trailing whitespace (what the non-streamed answer
-    strips): leading whitespace is dropped, whitespace after the last word is held until more text follows."""
+    """Text pieces of one answer without what the non-streamed answer strips: leading whitespace is dropped;
+    whitespace and U+FFFD after the last word are held until more text follows, so an answer cut inside a
+    multi-byte character ends as `generate()`'s does (decode(...).rstrip("\ufffd").strip())."""
     started, held = False, ""
     for piece in pieces:
         if not started:
@@ -67,7 +76,7 @@ def strip_stream(pieces):
             if not piece:
                 continue
             started = True
-        body = piece.rstrip()
+        body = _rstrip_tail(piece)
         if not body:
             held += piece
             continue

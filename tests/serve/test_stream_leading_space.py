@@ -57,3 +57,36 @@ def test_engine_stream_equals_generate_on_chatglm3(tmp_path, monkeypatch):
     assert plain.startswith("Hello"), plain
     assert pieces and not pieces[0][0].isspace(), pieces
     assert "".join(pieces) == plain
+
+
+@pytest.mark.parametrize("pieces, plain", [
+    (["Hello", " wor", "ld\ufffd"], "Hello world"),   # the streamer flushes a cut multi-byte character last
+    (["\n", "Hi ", "\ufffd", "\ufffd"], "Hi"),
+    (["a\ufffdb", " c"], "a\ufffdb c"),                # inside the answer it is text the model wrote: kept
+])
+def test_strip_stream_drops_a_trailing_incomplete_character(pieces, plain):
+    """`generate()` drops a last incomplete UTF-8 character (decode(...).rstrip("\\ufffd")); the stream of the
+    same answer must add up to the same text, or a chat's history differs from what the server sends."""
+    from glmtune.inference.detok import strip_stream
+
+    assert "".join(strip_stream(pieces)) == plain
+
+
+def test_engine_stream_ends_like_generate_when_the_answer_is_cut_inside_a_character(tmp_path, monkeypatch):
+    """A tiny GLM-4 steered to answer with the first byte of a 3-byte character at the token limit: generate()
+    drops it; the stream used to end with U+FFFD."""
+    from glmtune.inference.engine import HFEngine
+    from glmtune.models.tiny import ensure_tiny
+
+    monkeypatch.setenv("GLMTUNE_CACHE", str(tmp_path / "cache"))
+    engine = HFEngine.from_model_dir(str(ensure_tiny("glm4")), dtype="float32")
+    tok = engine.tokenizer
+    byte_ids = [i for t, i in tok.get_vocab().items() if len(t) == 1 and t in "äåæçèé"]  # ByteLevel 0xE4..0xE9
+    assert byte_ids, "the tiny tokenizer (byte-level BPE) has lone lead-byte tokens"
+    hello = tok.encode("Hi", add_special_tokens=False)
+    engine.model.generation_config.sequence_bias = {(hello[0],): 100.0, (hello[0], byte_ids[0]): 200.0}
+    messages = [{"role": "user", "content": "你好"}]
+    plain = engine.generate([messages], max_new_tokens=2)[0].text
+    pieces = list(engine.stream(messages, max_new_tokens=2))
+    assert "\ufffd" not in plain
+    assert "".join(pieces) == plain, (pieces, plain)
