@@ -311,6 +311,9 @@ def test_teacher_labels_outside_1_to_5_are_named_not_written(tmp_path):
     items, rep = load_inputs_report(src, "skip")
     assert [it.id for it in items] == ["a"] and items[0].labels["停顿"] == 2
     assert [w for w, _ in rep.failed] == ["ise.jsonl:2", "ise.jsonl:3"]
+    # the printed line names the place once: "failed  ise.jsonl:2: id b: label 6 ...", not the path again
+    failed = [line.strip() for line in rep.lines() if line.strip().startswith("failed")]
+    assert failed[0] == "failed  ise.jsonl:2: id b: label 6 is not an integer 1-5", failed
     lab = tmp_path / "labels.jsonl"
     lab.write_text(json.dumps({"id": "a", "answer": "语速:4;停顿:2;声母:4;韵母:5;声调:2;完整度:5"}) + "\n{oops\n", "utf-8")
     with pytest.raises(ConfigError, match=r"labels.jsonl:2: bad JSON"):

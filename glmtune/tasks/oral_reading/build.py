@@ -181,12 +181,13 @@ def load_jsonl_report(path: Path, on_bad_record: str = "error") -> tuple[list[It
                 raise OralInputError(f"{path}:{n}: duplicate id {item_id!r}")
             rec = parse_any(data, obj.get("text"), source=f"{path}:{n}: field ise (id {item_id})")
         except OralInputError as err:
-            _fail(report, on_bad_record, where, err, str(path))
+            _fail(report, on_bad_record, where, err, f"{path}:{n}")
             continue
         try:
             labels, remark = _labels_from(obj)
         except OralInputError as err:
-            _fail(report, on_bad_record, where, OralInputError(f"{path}:{n}: id {item_id}: {err}"), str(path))
+            _fail(report, on_bad_record, where, OralInputError(f"{path}:{n}: id {item_id}: {err}"),
+                  f"{path}:{n}")
             continue
         ids.add(item_id)
         report.read.append(where)
