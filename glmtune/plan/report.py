@@ -100,9 +100,10 @@ def build_plan(cfg, gpu=None, measure: bool = False) -> dict:
             "seconds_per_epoch": epoch_s,
             "seconds_total": epoch_s * sched.epochs if epoch_s else None}
     findings = preflight(cfg, stats, facts, split=(n_train, n_val))
-    from glmtune.plan.export_memory import export_estimate
+    from glmtune.plan.export_memory import export_estimate, other_estimates
 
     export = export_estimate(facts, method, cfg.export, st)
+    export["other"] = other_estimates(facts, cfg.export)
     return {
         "model": facts.to_json(), "gpu": gpu.__dict__ if gpu else None, "method": method,
         "bad_records": bad, "data": lengths.to_json(), "lengths": list(stats.total),
@@ -214,6 +215,10 @@ def print_plan(plan: dict, console=None) -> None:
                 + (f", verify {_gib(ex['verify_bytes'])} (one layer)" if ex["verify_bytes"] else "")
                 + f", each on top of the interpreter (up to {_gib(ex['interpreter_bytes'])}); the model is "
                 f"{_gib(ex['whole_model_fp32_bytes'])} in float32")
+    other = (ex or {}).get("other") or {}
+    if other:  # after the merge when started from a run; each its own process
+        parts = [f"{name.replace('_', ' ')} {_gib(o['peak_bytes'])}" for name, o in other.items()]
+        c.print(f"other exports (host RAM peak, {_UNIT[1]}, streamed): " + ", ".join(parts))
     tm = plan["time"]
     tps = f"{tm['tokens_per_second']:.0f} tokens/s ({tm['source']})" if tm["tokens_per_second"] else "unknown"
     c.print(f"time: {tps}; epoch {_dur(tm['seconds_per_epoch'])}, run {_dur(tm['seconds_total'])}")
