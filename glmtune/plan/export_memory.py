@@ -76,9 +76,9 @@ def export_estimate(facts: ModelFacts, method: str, export_cfg, st) -> dict:
 # baseline rows): llama.cpp's converter process, `glmtune export --format gguf` (transformers + llama.cpp loaded),
 # `glmtune export --quant bnb4` (bitsandbytes), `glmtune convert`.
 GGUF_CONVERTER_BASE_BYTES = 0.27e9
-GGUF_BASE_BYTES = 0.55e9
-BNB_BASE_BYTES = 0.55e9
-CONVERT_BASE_BYTES = 0.45e9
+GGUF_BASE_BYTES = 0.42e9
+BNB_BASE_BYTES = 0.45e9
+CONVERT_BASE_BYTES = 0.47e9
 # llama.cpp's own buffers for the check's short context (KV cache, compute graph, logits of every position).
 LLAMA_CPP_RUN_BYTES = 0.05e9
 # Rows of float32 logits the GGUF and bnb checks keep: every position of the verification prompts (~150 tokens)
