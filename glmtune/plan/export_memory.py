@@ -80,7 +80,7 @@ GGUF_BASE_BYTES = 0.42e9
 BNB_BASE_BYTES = 0.45e9
 CONVERT_BASE_BYTES = 0.47e9
 # llama.cpp's own buffers for the check's short context (KV cache, compute graph, logits of every position).
-LLAMA_CPP_RUN_BYTES = 0.05e9
+LLAMA_CPP_RUN_BYTES = 0.1e9
 # Rows of float32 logits the GGUF and bnb checks keep: every position of the verification prompts (~150 tokens)
 # and each greedy step's (3 prompts x 12 steps), with room.
 CHECK_LOGITS = 256

@@ -217,8 +217,7 @@ def print_plan(plan: dict, console=None) -> None:
                 f"{_gib(ex['whole_model_fp32_bytes'])} in float32")
     other = (ex or {}).get("other") or {}
     if other:  # after the merge when started from a run; each its own process
-        parts = [f"{name.replace('_', ' ')} {_gib(o['peak_bytes'])}" for name, o in other.items()]
-        c.print(f"other exports (host RAM peak, {_UNIT[1]}, streamed): " + ", ".join(parts))
+        c.print(f"other exports (host RAM peak, {_UNIT[1]}): " + ", ".join(_other_line(k, o) for k, o in other.items()))
     tm = plan["time"]
     tps = f"{tm['tokens_per_second']:.0f} tokens/s ({tm['source']})" if tm["tokens_per_second"] else "unknown"
     c.print(f"time: {tps}; epoch {_dur(tm['seconds_per_epoch'])}, run {_dur(tm['seconds_total'])}")
@@ -231,6 +230,23 @@ def print_plan(plan: dict, console=None) -> None:
     colour = {"fatal": "red", "warn": "yellow", "info": "cyan"}
     for f in plan["findings"]:
         c.print(f"[{colour[f['level']]}]{f['level']}[/] {f['code']}: {f['message']}")
+
+
+def _other_line(key: str, est: dict) -> str:
+    """'GGUF f16 18.1 (what holds it)': the phase that sets the peak of one of export_memory.other_estimates."""
+    label = {"gguf_f16": "GGUF f16", "gguf_q4_k_m": "GGUF q4_k_m", "bnb4": "bnb4", "convert": "convert"}.get(key, key)
+    why = ""
+    if key.startswith("gguf"):
+        phase = max(("convert_bytes", "quantize_bytes", "verify_bytes"), key=lambda k: est.get(k) or 0)
+        why = {"convert_bytes": "converter: one tensor at a time",
+               "quantize_bytes": "llama.cpp's quantizer maps the lossless GGUF",
+               "verify_bytes": f"llama.cpp maps the {_gib(max(est['file_bytes'].values()))} file it checks"}[phase]
+    elif key.startswith("bnb"):
+        why = ("the quantised folder loaded whole for its check" if (est.get("verify_bytes") or 0) >= est["quantize_bytes"]
+               else "one shard + one tensor")
+    elif key == "convert":
+        why = f"one {est['shard_size']} shard + one tensor"
+    return f"{label} {_gib(est['peak_bytes'])} ({why})"
 
 
 def write_plan(plan: dict, out: Path) -> tuple[Path, Path]:

@@ -89,3 +89,19 @@ def test_planned_peak_matches_measured_peak(verb, models, tmp_path):
         measured = _measure(verb, glm4, tmp_path / "out")
     print(f"{verb}: planned {planned / 1e6:.0f} MB, measured {measured / 1e6:.0f} MB")
     assert abs(planned - measured) <= TOLERANCE * measured, (verb, planned, measured)
+
+
+def test_plan_prints_gguf_bnb_and_convert_peaks_for_a_chatglm_model(tmp_path, capsys):
+    from glmtune.cli import main
+    from glmtune.plan.facts import builtin_facts
+
+    main(["plan", "model.path=glm-4-9b-chat", "--gpu", "RTX4090-24GB", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    other = json.loads((tmp_path / "plan.json").read_text())["export"]["other"]
+    fp32 = 4 * builtin_facts("glm-4-9b-chat").param_count()
+    assert set(other) == {"gguf_f16", "gguf_q4_k_m", "bnb4", "convert"}
+    # convert streams: one 2GB shard + one tensor, a tenth of the float32 model; the GGUF check maps its file.
+    assert other["convert"]["peak_bytes"] < 0.12 * fp32
+    assert other["gguf_f16"]["peak_bytes"] > other["gguf_f16"]["file_bytes"]["f16"]
+    assert other["gguf_f16"]["peak_bytes"] < 0.6 * fp32 and other["bnb4"]["peak_bytes"] < 0.3 * fp32
+    assert "other exports (host RAM peak, GiB): GGUF f16" in out and "convert" in out
