@@ -111,3 +111,26 @@ def test_convert_reads_the_same_tensors_with_pread_as_with_a_map(tmp_path):
             want.update({k: h.get_tensor(k) for k in h.keys()})
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_gguf_and_bnb_references_streamed_equal_the_whole_model_ones():
+    """The float32 side of both checks: streamed figures = the whole-model code path's (kept as the fallback)."""
+    import numpy as np
+
+    from glmtune.export import bnb, gguf_verify
+    from glmtune.export.verify import VERIFY_PROMPTS
+
+    folder = ensure_tiny("glm4")
+    stops = [0]
+    ref = gguf_verify._hf_reference(folder, VERIFY_PROMPTS, stops, 6)
+    assert ref["how"].startswith("streamed")
+    logits, greedy, steps = gguf_verify._whole_model_reference(folder, ref["ids"], stops, 6)
+    assert ref["greedy"] == greedy
+    for a, b in zip(ref["logits"], logits):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(b).max())
+    for sa, sb in zip(ref["step_logits"], steps):
+        assert len(sa) == len(sb) and all(np.abs(x - y).max() < 1e-3 for x, y in zip(sa, sb))
+    got, got_greedy, how = bnb._reference(folder, ref["ids"], stops, 6)
+    want, want_greedy = bnb._logits_and_greedy(_whole(folder), ref["ids"], stops, 6)
+    assert how.startswith("streamed") and got_greedy == want_greedy
+    assert all(float((a - b).abs().max()) < 1e-4 * max(1.0, float(b.abs().max())) for a, b in zip(got, want))
