@@ -12,9 +12,11 @@ modules (`preprocess_model`, the same call `from_pretrained` makes), and the mer
 time (pread): each module, once all its tensors are in, is quantised by the same ops transformers applies on
 load (`Params4bit(...).to(device)`, `Int8Params(...).to(device)`), its `state_dict()` (bnb's own serialisation)
 goes into the shard writer, and its weights are dropped. The files equal save_pretrained's bit for bit
-(tests/export/test_bnb_streamed.py); peak memory is one output shard plus one tensor. Verification streams the
-full-precision reference one layer at a time (export/stream_forward.py) and loads the quantised output
-whole (that is the check: the folder as a user loads it; its size is the output's).
+(tests/export/test_bounded_memory_paths.py); peak memory is one output shard plus one tensor. Verification
+streams both sides one decoder layer at a time (export/stream_forward.py): the full-precision reference in
+float32, and the quantised folder through the Linear4bit/Linear8bitLt modules transformers' quantizer builds
+from its config, each rebuilt from the saved statistics with the calls transformers' bnb loader makes (the
+logits equal a plain `from_pretrained(OUT)`'s, tests/export/test_bounded_memory_paths.py).
 
 The quantised weights are written before anything runs a forward: on CPUs with AVX512-BF16, bitsandbytes
 re-packs 4-bit weights in place on the first eval forward and its save path does not undo that exactly (see
@@ -178,6 +180,31 @@ def _reference(hf: Path, ids, stops, max_new: int):
     return model.logits(ids), greedy, "streamed one decoder layer at a time in float32"
 
 
+def _quantized_side(out: Path, ids, stops, max_new: int, quant: str):
+    """Logits and greedy tokens of the quantised folder, streamed one layer at a time through the bnb modules
+    transformers' quantizer builds from OUT's config (else loaded whole by a plain `from_pretrained(OUT)`)."""
+    from transformers import AutoModelForCausalLM
+
+    from glmtune.export.stream_forward import StreamedModel
+    from glmtune.export.verify import CannotStream
+    from glmtune.methods.qlora import keep_standard_4bit_layout
+
+    try:
+        model = StreamedModel(out)
+    except CannotStream as err:
+        q = AutoModelForCausalLM.from_pretrained(str(out), device_map="cpu")  # plain load, as a user would
+        if quant == "bnb4":
+            keep_standard_4bit_layout(q)
+        got, greedy = _logits_and_greedy(q.eval(), ids, stops, max_new)
+        loaded = bool(getattr(q, "is_loaded_in_4bit", False) or getattr(q, "is_loaded_in_8bit", False))
+        del q
+        gc.collect()
+        return got, greedy, loaded, f"whole folder loaded by from_pretrained ({err})"
+    greedy, _ = model.greedy(ids, stops, max_new)
+    return (model.logits(ids), greedy, bool(model.bnb),
+            "streamed one decoder layer at a time through transformers' bnb modules built from OUT's config")
+
+
 def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None, cfg=None, verify: bool = True,
                log=print) -> Path:
     import torch
@@ -187,7 +214,6 @@ def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None
     from glmtune.export.config import ExportSection
     from glmtune.export.pipeline import TOKENIZER_FILES, export_run
     from glmtune.export.verify import VERIFY_PROMPTS
-    from glmtune.methods.qlora import keep_standard_4bit_layout
     from glmtune.models.families import family_of
     from glmtune.models.load import load_tokenizer, model_type_of, stop_token_ids
     from glmtune.utils.io import atomic_dir, atomic_write_json
@@ -228,13 +254,7 @@ def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None
             stops = stop_token_ids(tok, family_of(model_type_of(hf)))
             ids = [chat_ids(tok, m, add_generation_prompt=True) for m in VERIFY_PROMPTS]
             ref, ref_greedy, ref_how = _reference(hf, ids, stops, 12)
-            q = AutoModelForCausalLM.from_pretrained(str(staging), device_map="cpu")  # plain load, as a user would
-            if quant == "bnb4":
-                keep_standard_4bit_layout(q)
-            got, got_greedy = _logits_and_greedy(q.eval(), ids, stops, 12)
-            loaded_quantized = bool(getattr(q, "is_loaded_in_4bit", False) or getattr(q, "is_loaded_in_8bit", False))
-            del q
-            gc.collect()
+            got, got_greedy, loaded_quantized, got_how = _quantized_side(staging, ids, stops, 12, quant)
             diffs = [float((a - b).abs().max()) for a, b in zip(ref, got)]
             top1 = [float((a.argmax(-1) == b.argmax(-1)).float().mean()) for a, b in zip(ref, got)]
             max_ref = max(float(a.abs().max()) for a in ref)
@@ -245,7 +265,8 @@ def export_bnb(source: str | Path, quant: str, out_dir: str | Path | None = None
                           greedy_full_precision=ref_greedy, greedy_quantized=got_greedy,
                           loaded_quantized=loaded_quantized,
                           compared="AutoModelForCausalLM.from_pretrained(OUT) (bitsandbytes) vs the full-precision "
-                                   "merged folder in float32, on export/verify.py's prompts", reference=ref_how)
+                                   "merged folder in float32, on export/verify.py's prompts", reference=ref_how,
+                          quantized_side=got_how)
             record["passed"] = bool(max(diffs) <= tol and min(top1) >= min_top1 and loaded_quantized)
             if not record["passed"]:
                 atomic_write_json(failed_path, record)

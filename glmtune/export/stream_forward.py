@@ -15,6 +15,7 @@ the callers then load the whole model, with a note in their record.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -30,7 +31,11 @@ class StreamedModel:
 
         self.folder = Path(folder)
         self.device = torch.device(device)
-        self.model = _skeleton(self.folder, self.device)  # raises CannotStream before anything heavy
+        self.bnb: dict[int, object] = {}  # id(bitsandbytes linear) -> its meta weight (the kwargs to rebuild it)
+        if "quantization_config" in json.loads((self.folder / "config.json").read_text()):
+            self.model = self._quantized_skeleton()
+        else:
+            self.model = _skeleton(self.folder, self.device)  # raises CannotStream before anything heavy
         self.weights = _Weights(self.model, checkpoint_files(self.folder))
         if self.weights.missing:
             raise ExportError(f"{self.folder} lacks tensors {self.weights.missing[:3]}")
@@ -53,6 +58,84 @@ class StreamedModel:
         parent, _, child = embed_name.rpartition(".")
         setattr(self.model.get_submodule(parent) if parent else self.model, child, _rows_class()(embed_name, self))
         self.vocab, self.hidden = head.weight.shape
+
+    def _quantized_skeleton(self):
+        """A bitsandbytes folder (export/bnb.py's output): transformers' bnb quantizer puts its Linear4bit /
+        Linear8bitLt modules into the meta skeleton, as `from_pretrained` does before loading."""
+        import bitsandbytes as bnb
+        import torch
+        from accelerate import init_empty_weights
+        from accelerate.utils import set_module_tensor_to_device
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.quantizers import AutoHfQuantizer
+
+        from glmtune.export.verify import CannotStream, streamable
+
+        config = AutoConfig.from_pretrained(str(self.folder))
+        why = streamable(config)
+        if why:
+            raise CannotStream(why)
+        quantizer = AutoHfQuantizer.from_config(config.quantization_config, pre_quantized=True)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        quantizer.preprocess_model(model=model, dtype=torch.float32, device_map={"": self.device.type},
+                                   checkpoint_files=None, use_kernels=False)
+        for n, b in list(model.named_buffers()):
+            set_module_tensor_to_device(model, n, self.device, value=b)
+        for m in model.modules():
+            if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+                self.bnb[id(m)] = m.weight
+        return model.eval()
+
+    def load(self, module, prefix: str) -> None:
+        """Put the weights of `module` (named `prefix`) in place: plain ones in float32, bnb ones rebuilt from
+        their saved statistics with the calls transformers' bnb loader makes."""
+        import bitsandbytes as bnb
+
+        from glmtune.export.verify import _load, _read
+
+        if not self.bnb:
+            return _load(module, prefix, self.weights, self.device)
+        from accelerate.utils import set_module_tensor_to_device
+
+        for sub_name, sub in module.named_modules():
+            meta = self.bnb.get(id(sub))
+            p = prefix + (sub_name + "." if sub_name else "")
+            for n, _ in list(sub.named_parameters(recurse=False)):
+                if meta is not None and n == "weight":
+                    f = self.weights.file_of[p + "weight"]
+                    data = _read(f, p + "weight").to(self.device)
+                    if isinstance(sub, bnb.nn.Linear4bit):
+                        stats = {k[len(p + "weight."):]: _read(f2, k).to(self.device) for k, f2 in
+                                 self.weights.file_of.items() if k.startswith(p + "weight.")}
+                        sub._parameters["weight"] = bnb.nn.Params4bit.from_prequantized(
+                            data=data, quantized_stats=stats, requires_grad=False, device=self.device, module=sub)
+                        sub.support_avx512bf16_for_cpu = False  # keep the standard layout (methods/qlora.py)
+                    else:
+                        kwargs = dict(meta.__dict__)
+                        kwargs["SCB"] = _read(self.weights.file_of[p + "SCB"], p + "SCB").to(self.device)
+                        sub._parameters["weight"] = bnb.nn.Int8Params(data, requires_grad=False, **kwargs).to(self.device)
+                else:
+                    set_module_tensor_to_device(sub, n, self.device, value=self.weights.get(p + n, self.device))
+
+    def unload(self, module) -> None:
+        from glmtune.export.merge import release_freed_memory
+        from glmtune.export.verify import _unload
+
+        if not self.bnb:
+            return _unload(module)
+        from accelerate.utils import set_module_tensor_to_device
+
+        for sub in module.modules():
+            meta = self.bnb.get(id(sub))
+            for n, _ in list(sub.named_parameters(recurse=False)):
+                if meta is not None and n == "weight":
+                    sub._parameters["weight"] = meta
+                else:
+                    set_module_tensor_to_device(sub, n, "meta")
+            if meta is not None and getattr(sub, "state", None) is not None:  # 8-bit: the int8 weight cached on use
+                sub.state.CB = sub.state.SCB = None
+        release_freed_memory()
 
     def _hidden(self, ids: list[list[int]]):
         import torch
@@ -131,14 +214,12 @@ def _loader_class():
             self.inner = [module]  # a plain list: not a submodule, so the skeleton's names stay the same
 
         def forward(self, *args, **kwargs):
-            from glmtune.export.verify import _load, _unload
-
             module = self.inner[0]
-            _load(module, self.name + ".", self.owner.weights, self.owner.device)
+            self.owner.load(module, self.name + ".")
             try:
                 return module(*args, **kwargs)
             finally:
-                _unload(module)
+                self.owner.unload(module)
 
     return Loaded
 

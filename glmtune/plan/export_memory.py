@@ -16,8 +16,8 @@ The other verbs that touch whole checkpoints (`other_estimates`), each after the
             copy; llama.cpp's quantizer maps the lossless intermediate GGUF (its pages read stay resident);
             the check streams the float32 reference one layer at a time (export/stream_forward.py) and then
             llama.cpp maps the GGUF it runs: the largest file checked is resident.
-  bnb       quantised module by module into one shard at a time (export/bnb.py); the check streams the
-            reference and loads the quantised output whole (linears 4 or 8 bits, embeddings and head float32).
+  bnb       quantised module by module into one shard at a time (export/bnb.py); the check streams both the
+            float32 reference and the quantised folder one decoder layer at a time.
   convert   tensors streamed from the source shards into one output shard at a time; a fused QKV and its
             three split copies are held together.
 """
@@ -124,9 +124,8 @@ def bnb_estimate(facts: ModelFacts, quant: str = "bnb4", verify: bool = True, sh
     # a tensor as read, its float32 copy, and the quantised form (at most 1 byte per weight), with a shard.
     quantize = BNB_BASE_BYTES + min(parse_size(shard_size), output) + largest * (src + 4 + 1)
     check = None
-    if verify:  # reference streamed first; then the output loaded whole, one linear dequantised at a time
-        check = BNB_BASE_BYTES + CHECK_LOGITS * facts.vocab * 4 + max(4 * facts.layer_params() + HEAD_SLICE_BYTES,
-                                     output + 4 * max(a * b for _, a, b in facts.linear_shapes()))
+    if verify:  # both sides streamed: a float32 layer, or a quantised layer and one linear dequantised
+        check = BNB_BASE_BYTES + CHECK_LOGITS * facts.vocab * 4 + 4 * facts.layer_params() + HEAD_SLICE_BYTES
     return {"quantize_bytes": quantize, "verify_bytes": check, "output_bytes": int(output),
             "peak_bytes": max(quantize, check or 0), "quant": quant}
 

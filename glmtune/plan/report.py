@@ -242,7 +242,7 @@ def _other_line(key: str, est: dict) -> str:
                "quantize_bytes": "llama.cpp's quantizer maps the lossless GGUF",
                "verify_bytes": f"llama.cpp maps the {_gib(max(est['file_bytes'].values()))} file it checks"}[phase]
     elif key.startswith("bnb"):
-        why = ("the quantised folder loaded whole for its check" if (est.get("verify_bytes") or 0) >= est["quantize_bytes"]
+        why = ("its check, one layer at a time" if (est.get("verify_bytes") or 0) >= est["quantize_bytes"]
                else "one shard + one tensor")
     elif key == "convert":
         why = f"one {est['shard_size']} shard + one tensor"

@@ -3,7 +3,8 @@
   * stream_forward.StreamedModel (the float32 reference of the GGUF and bnb checks): logits and greedy tokens
     equal a whole `from_pretrained` model's (summation-order noise only);
   * bnb.quantize_streamed: the same files as `from_pretrained(quantization_config=...)` + `save_pretrained`,
-    tensor for tensor, bit for bit, and the same config.json;
+    tensor for tensor, bit for bit, and the same config.json; the bnb check's quantised side, streamed, gives
+    the logits of a plain `from_pretrained(OUT)`;
   * convert reading with pread: the same tensors as the memory-mapped read it replaced.
 """
 
@@ -95,6 +96,16 @@ def test_streamed_bnb_quantization_equals_from_pretrained_save_pretrained(quant,
         {k: v for k, v in cref.items() if k != "transformers_version"}
     loaded = AutoModelForCausalLM.from_pretrained(str(got_dir), device_map="cpu")
     assert getattr(loaded, f"is_loaded_in_{quant[-1]}bit")
+    # The bnb check's quantised side, streamed one layer at a time, computes what the plain load computes.
+    from glmtune.export.bnb import _logits_and_greedy, _quantized_side
+    from glmtune.methods.qlora import keep_standard_4bit_layout
+
+    if quant == "bnb4":
+        keep_standard_4bit_layout(loaded)
+    want, want_greedy = _logits_and_greedy(loaded.eval(), IDS, [0], 5)
+    got_logits, got_greedy, is_quantized, how = _quantized_side(got_dir, IDS, [0], 5, quant)
+    assert how.startswith("streamed") and is_quantized and got_greedy == want_greedy
+    assert all(float((a - b).abs().max()) < 1e-5 * max(1.0, float(b.abs().max())) for a, b in zip(got_logits, want))
 
 
 def test_convert_reads_the_same_tensors_with_pread_as_with_a_map(tmp_path):
