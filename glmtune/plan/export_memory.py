@@ -19,7 +19,7 @@ The other verbs that touch whole checkpoints (`other_estimates`), each after the
   bnb       quantised module by module into one shard at a time (export/bnb.py); the check streams both the
             float32 reference and the quantised folder one decoder layer at a time.
   convert   tensors streamed from the source shards into one output shard at a time; a fused QKV and its
-            three split copies are held together.
+            three split copies are held together; then the native tokenizer is built (its own, smaller peak).
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ def export_estimate(facts: ModelFacts, method: str, export_cfg, st) -> dict:
 GGUF_CONVERTER_BASE_BYTES = 0.27e9
 GGUF_BASE_BYTES = 0.42e9
 BNB_BASE_BYTES = 0.45e9
-CONVERT_BASE_BYTES = 0.47e9
+CONVERT_BASE_BYTES = 0.5e9
+# `glmtune convert` before the tokenizer is built (the tiny run's peak is the tokenizer conversion, after the
+# weights): 330M float32 with 200MB shards peaked at 0.66 GB = this + 0.2 GB shard + the 0.13 GB embedding.
+CONVERT_WEIGHTS_BASE_BYTES = 0.32e9
 # llama.cpp's own buffers for the check's short context (KV cache, compute graph, logits of every position).
 LLAMA_CPP_RUN_BYTES = 0.1e9
 # Rows of float32 logits the GGUF and bnb checks keep: every position of the verification prompts (~150 tokens)
@@ -138,8 +141,8 @@ def convert_estimate(facts: ModelFacts, max_shard: str = "2GB", dtype_bytes: int
     out = dtype_bytes or src
     qkv = facts.hidden * (facts.heads + 2 * facts.kv_heads) * facts.head_dim
     held = max(_largest_tensor(facts) * (src + (out if out != src else 0)), qkv * (src + 2 * out))
-    peak = CONVERT_BASE_BYTES + min(parse_size(max_shard), facts.param_count() * out) + held
-    return {"peak_bytes": peak, "shard_size": max_shard}
+    weights = CONVERT_WEIGHTS_BASE_BYTES + min(parse_size(max_shard), facts.param_count() * out) + held
+    return {"peak_bytes": max(weights, CONVERT_BASE_BYTES), "weights_bytes": weights, "shard_size": max_shard}
 
 
 def other_estimates(facts: ModelFacts, export_cfg) -> dict:
