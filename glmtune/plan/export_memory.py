@@ -124,8 +124,9 @@ def bnb_estimate(facts: ModelFacts, quant: str = "bnb4", verify: bool = True, sh
     src = checkpoint_bytes(facts)
     per_linear = 0.5625 if quant == "bnb4" else 1.0  # NF4 + double-quantised absmax; int8 + row scales
     output = facts.linear_params() * per_linear + facts.embedding_params() * 4
-    # a tensor as read, its float32 copy, and the quantised form (at most 1 byte per weight), with a shard.
-    quantize = BNB_BASE_BYTES + min(parse_size(shard_size), output) + largest * (src + 4 + 1)
+    # a tensor as read, its float32 copy (none for a float32 checkpoint), and the quantised form (at most
+    # 1 byte per weight), with a shard.
+    quantize = BNB_BASE_BYTES + min(parse_size(shard_size), output) + largest * (src + (4 if src != 4 else 0) + 1)
     check = None
     if verify:  # both sides streamed: a float32 layer, or a quantised layer and one linear dequantised
         check = BNB_BASE_BYTES + CHECK_LOGITS * facts.vocab * 4 + 4 * facts.layer_params() + HEAD_SLICE_BYTES
