@@ -8,6 +8,11 @@ On the verification prompts (export/verify.py's, rendered by the HF tokenizer's 
 - logits: llama.cpp's logits at every prompt position vs transformers' (float32): max |Δ| within the
   quant type's tolerance, and top-1 agreement;
 - greedy: a few greedy tokens from each engine; equal for the near-lossless types.
+
+Memory: the transformers side is streamed one decoder layer at a time (export/stream_forward.py), so it costs
+one layer in float32 whatever the model size; llama.cpp maps the GGUF file (it runs the whole network, so
+the file's pages it reads are resident: at most the file's size, e.g. 0.5x the float32 model for f16,
+0.15x for q4_k_m). The files are checked one after the other, each closed before the next is opened.
 """
 
 from __future__ import annotations
@@ -37,15 +42,37 @@ GREEDY_TOKENS = 12
 
 
 def _hf_reference(hf_dir: Path, prompts: list[list[dict]], stop_ids: list[int], max_new: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """transformers' float32 logits and greedy tokens on the merged folder: streamed one decoder layer at a
+    time (export/stream_forward.py), or, for a model type that cannot be streamed, the whole model loaded."""
+    from transformers import AutoTokenizer
 
     from glmtune.data.render import chat_ids
+    from glmtune.export.stream_forward import StreamedModel
+    from glmtune.export.verify import CannotStream
 
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
     ids = [chat_ids(tok, m, add_generation_prompt=True) for m in prompts]
+    try:
+        model = StreamedModel(hf_dir)
+    except CannotStream as err:
+        logits, greedy, step_logits = _whole_model_reference(hf_dir, ids, stop_ids, max_new)
+        how = f"whole model loaded in float32 ({err})"
+    else:
+        logits = [x.numpy() for x in model.logits(ids)]
+        greedy, step_logits = model.greedy(ids, stop_ids, max_new)
+        how = "streamed one decoder layer at a time in float32"
+        del model
+    gc.collect()
+    return {"texts": texts, "ids": ids, "logits": logits, "greedy": greedy, "step_logits": step_logits,
+            "eos_token": tok.eos_token or "", "bos_token": tok.bos_token or "", "how": how}
+
+
+def _whole_model_reference(hf_dir: Path, ids: list[list[int]], stop_ids: list[int], max_new: int):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     logits, greedy, step_logits = [], [], []
     with torch.inference_mode():
         for p in ids:
@@ -61,11 +88,8 @@ def _hf_reference(hf_dir: Path, prompts: list[list[dict]], stop_ids: list[int], 
                     break
             greedy.append(new)
             step_logits.append(steps)
-    ref = {"texts": texts, "ids": ids, "logits": logits, "greedy": greedy, "step_logits": step_logits,
-           "eos_token": tok.eos_token or "", "bos_token": tok.bos_token or ""}
     del model
-    gc.collect()
-    return ref
+    return logits, greedy, step_logits
 
 
 _REF_CACHE: dict = {}
@@ -185,4 +209,5 @@ def verify_gguf(hf_dir: str | Path, gguf_path: str | Path, quant: str, stop_ids:
         "llama_cpp_adds_bos": add_bos,
         "n_vocab": n_vocab,
         "compared": "llama.cpp (llama-cpp-python, CPU) on the GGUF vs transformers float32 on the merged HF folder",
+        "reference": ref["how"],
     }

@@ -150,11 +150,16 @@ def iter_tensors(files: list[Path]):
     import torch
     from safetensors import safe_open
 
+    from glmtune.export.merge import release_freed_memory
+
     for f in files:
         if f.suffix == ".safetensors":
-            with safe_open(str(f), "pt") as h:
+            # pread, not a memory map: every mapped page read stays resident while the file is open, so a
+            # one-file checkpoint would count whole against the conversion's memory (as in export/merge.py).
+            with safe_open(str(f), "pt", backend="pread") as h:
                 for name in h.keys():
                     yield name, h.get_tensor(name)
+                    release_freed_memory()
         else:  # memory-mapped: pages are read as each tensor is touched
             state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
             for name in list(state):

@@ -103,9 +103,10 @@ def build_plan(cfg, gpu=None, measure: bool = False) -> dict:
             "seconds_per_epoch": epoch_s,
             "seconds_total": epoch_s * sched.epochs if epoch_s else None}
     findings = preflight(cfg, stats, facts, split=(n_train, n_val))
-    from glmtune.plan.export_memory import export_estimate
+    from glmtune.plan.export_memory import export_estimate, other_estimates
 
     export = export_estimate(facts, method, cfg.export, st)
+    export["other"] = other_estimates(facts, cfg.export)
     return {
         "model": facts.to_json(), "gpu": gpu.__dict__ if gpu else None, "method": method,
         "bad_records": bad, "data": lengths.to_json(), "lengths": list(stats.total),
@@ -217,6 +218,9 @@ def print_plan(plan: dict, console=None) -> None:
                 + (f", verify {_gib(ex['verify_bytes'])} (one layer)" if ex["verify_bytes"] else "")
                 + f", each on top of the interpreter (up to {_gib(ex['interpreter_bytes'])}); the model is "
                 f"{_gib(ex['whole_model_fp32_bytes'])} in float32")
+    other = (ex or {}).get("other") or {}
+    if other:  # after the merge when started from a run; each its own process
+        c.print(f"other exports (host RAM peak, {_UNIT[1]}): " + ", ".join(_other_line(k, o) for k, o in other.items()))
     tm = plan["time"]
     tps = f"{tm['tokens_per_second']:.0f} tokens/s ({tm['source']})" if tm["tokens_per_second"] else "unknown"
     c.print(f"time: {tps}; epoch {_dur(tm['seconds_per_epoch'])}, run {_dur(tm['seconds_total'])}")
@@ -229,6 +233,23 @@ def print_plan(plan: dict, console=None) -> None:
     colour = {"fatal": "red", "warn": "yellow", "info": "cyan"}
     for f in plan["findings"]:
         c.print(f"[{colour[f['level']]}]{f['level']}[/] {f['code']}: {f['message']}")
+
+
+def _other_line(key: str, est: dict) -> str:
+    """'GGUF f16 18.1 (what holds it)': the phase that sets the peak of one of export_memory.other_estimates."""
+    label = {"gguf_f16": "GGUF f16", "gguf_q4_k_m": "GGUF q4_k_m", "bnb4": "bnb4", "convert": "convert"}.get(key, key)
+    why = ""
+    if key.startswith("gguf"):
+        phase = max(("convert_bytes", "quantize_bytes", "verify_bytes"), key=lambda k: est.get(k) or 0)
+        why = {"convert_bytes": "converter: one tensor at a time",
+               "quantize_bytes": "llama.cpp's quantizer maps the lossless GGUF",
+               "verify_bytes": f"llama.cpp maps the {_gib(max(est['file_bytes'].values()))} file it checks"}[phase]
+    elif key.startswith("bnb"):
+        why = ("its check, one layer at a time" if (est.get("verify_bytes") or 0) >= est["quantize_bytes"]
+               else "one shard + one tensor")
+    elif key == "convert":
+        why = f"one {est['shard_size']} shard + one tensor"
+    return f"{label} {_gib(est['peak_bytes'])} ({why})"
 
 
 def write_plan(plan: dict, out: Path) -> tuple[Path, Path]:
