@@ -78,7 +78,7 @@ def quantize_streamed(hf: Path, out: Path, quant: str, max_shard: str | int = "2
     from transformers.quantizers import AutoHfQuantizer
 
     from glmtune.export.merge import iter_checkpoint, release_freed_memory
-    from glmtune.export.shards import ShardWriter, parse_size
+    from glmtune.utils.shards import ShardWriter, parse_size
 
     config = AutoConfig.from_pretrained(str(hf))
     if getattr(config, "auto_map", None):

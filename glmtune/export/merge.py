@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from glmtune.errors import GlmtuneError, RunFailure
+from glmtune.utils.memory import release_freed_memory
 
 PEFT_PREFIX = "base_model.model."
 
@@ -184,29 +185,6 @@ def iter_checkpoint(folder: Path, before_read=None) -> Iterator[tuple[str, objec
                     sl = h.get_slice(name)
                     before_read(name, sl.get_shape(), sl.get_dtype())
                 yield name, h.get_tensor(name)
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc `malloc_trim`; a no-op elsewhere).
-
-    Layer after layer of tensors of a few MB to a few tens of MB are allocated and freed; glibc raises its
-    mmap threshold after the first such free, so later ones come from the heap, whose free pages it keeps:
-    verifying a 20-layer model, the resident set grew by ~10 MB per layer (benchmarks/export_memory.py)
-    although only one layer is alive. No library exposes this, hence ctypes."""
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM = None
 
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}

@@ -119,7 +119,7 @@ class StreamedModel:
                     set_module_tensor_to_device(sub, n, self.device, value=self.weights.get(p + n, self.device))
 
     def unload(self, module) -> None:
-        from glmtune.export.merge import release_freed_memory
+        from glmtune.utils.memory import release_freed_memory
         from glmtune.export.verify import _unload
 
         if not self.bnb:
@@ -150,7 +150,7 @@ class StreamedModel:
         """Logits [..., vocab] of hidden states `h`, the head read one slice of the vocabulary at a time."""
         import torch
 
-        from glmtune.export.merge import release_freed_memory
+        from glmtune.utils.memory import release_freed_memory
         from glmtune.export.verify import _HEAD_SLICE_FLOATS
 
         step = max(1, _HEAD_SLICE_FLOATS // self.hidden)

@@ -269,7 +269,7 @@ def _load(module, prefix: str, weights: _Weights, device) -> None:
 def _unload(module) -> None:
     from accelerate.utils import set_module_tensor_to_device
 
-    from glmtune.export.merge import release_freed_memory
+    from glmtune.utils.memory import release_freed_memory
 
     for n, _ in list(module.named_parameters()):
         set_module_tensor_to_device(module, n, "meta")
@@ -392,7 +392,7 @@ def _head_logits(module, name: str, weights: _Weights, h, device, rows: tuple[in
 
     if full is not None:
         return full[..., rows[0]:rows[1]]
-    from glmtune.export.merge import release_freed_memory
+    from glmtune.utils.memory import release_freed_memory
 
     out = h @ weights.get(name + ".weight", device, rows).T
     if getattr(module, "bias", None) is not None:

@@ -150,7 +150,7 @@ def iter_tensors(files: list[Path]):
     import torch
     from safetensors import safe_open
 
-    from glmtune.export.merge import release_freed_memory
+    from glmtune.utils.memory import release_freed_memory
 
     for f in files:
         if f.suffix == ".safetensors":

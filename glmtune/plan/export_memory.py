@@ -98,7 +98,7 @@ def _largest_tensor(facts: ModelFacts) -> int:
 
 def gguf_estimate(facts: ModelFacts, quants=("f16",), verify: bool = True, src_bytes: int | None = None) -> dict:
     """Host memory of `glmtune export --merged M --format gguf --quant QUANTS` (after any merge)."""
-    from glmtune.export.gguf import BITS_PER_WEIGHT, QUANTS
+    from glmtune.utils.gguf_types import BITS_PER_WEIGHT, QUANTS
 
     src = src_bytes or checkpoint_bytes(facts)
     n = facts.param_count()
@@ -121,7 +121,7 @@ def gguf_estimate(facts: ModelFacts, quants=("f16",), verify: bool = True, src_b
 
 def bnb_estimate(facts: ModelFacts, quant: str = "bnb4", verify: bool = True, shard_size: str = "2GB") -> dict:
     """Host memory of `glmtune export --merged M --quant bnb4|bnb8` (after any merge)."""
-    from glmtune.export.shards import parse_size
+    from glmtune.utils.shards import parse_size
 
     largest = _largest_tensor(facts)
     src = checkpoint_bytes(facts)
@@ -139,7 +139,7 @@ def bnb_estimate(facts: ModelFacts, quant: str = "bnb4", verify: bool = True, sh
 
 def convert_estimate(facts: ModelFacts, max_shard: str = "2GB", dtype_bytes: int | None = None) -> dict:
     """Host memory of `glmtune convert SRC DST --max-shard S` for a remote-code ChatGLM checkpoint of `facts`."""
-    from glmtune.export.shards import parse_size
+    from glmtune.utils.shards import parse_size
 
     src = checkpoint_bytes(facts)
     out = dtype_bytes or src
