@@ -33,7 +33,7 @@ def config_from_args(args: argparse.Namespace, flags: dict | None = None):
     (converted) value is None leaves the key alone."""
     from pathlib import Path
 
-    from glmtune.config.load import ConfigError, load_config
+    from glmtune.config.load import RUN_CONFIG, ConfigError, load_config
 
     items = list(getattr(args, "items", None) or [])
     path = getattr(args, "config_file", None)
@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace, flags: dict | None = None):
     if bad:
         raise ConfigError(f"expected section.key=value overrides, got {bad}")
     run = getattr(args, "run", None)
-    base = Path(run) / "config.yaml" if run else None
+    base = Path(run) / RUN_CONFIG if run else None
     values = []
     for dest, key in (flags or {}).items():
         key, convert = key if isinstance(key, tuple) else (key, lambda v: v)

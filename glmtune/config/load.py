@@ -11,6 +11,10 @@ from pydantic import ValidationError
 from glmtune.config.schema import RunConfig
 from glmtune.errors import GlmtuneError
 
+# The name of the resolved config inside a run folder; glmtune/run/folder.py (the run-folder contract) takes it
+# from here because config sits below run in the layering and builds every verb's config on a run's.
+RUN_CONFIG = "config.yaml"
+
 
 class ConfigError(GlmtuneError, ValueError):
     """A config problem, phrased for the user (file, key path, what is wrong)."""

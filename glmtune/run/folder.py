@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from glmtune.config.load import RUN_CONFIG
 from glmtune.errors import GlmtuneError
 
-CONFIG = "config.yaml"
+CONFIG = RUN_CONFIG
 METHOD = "method.json"
 SUMMARY = "summary.json"
 DATA_REPORT = "data_report.json"

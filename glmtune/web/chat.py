@@ -97,16 +97,20 @@ class AdapterChat:
 
 def run_base(run_dir: Path) -> tuple[str, bool]:
     """(the base a run was trained on, whether what it trained is a PEFT adapter)."""
-    meta = json.loads((run_dir / "method.json").read_text())
-    return meta["base"], (run_dir / meta["artifact"] / "adapter_config.json").exists()
+    from glmtune.run.folder import Run
+
+    run = Run.open(run_dir)
+    return run.base, (run.artifact / "adapter_config.json").exists()
 
 
 def adapter_runs(ws: Workspace, run: str) -> list[str]:
     """Other finished runs whose adapter was trained on the same base as `run` (choices for several adapters)."""
     from glmtune.models.load import resolve_path
 
+    from glmtune.run.folder import is_finished
+
     path = ws.resolve(run)
-    if not (path / "method.json").exists():
+    if not is_finished(path):
         return []
     base = str(resolve_path(run_base(path)[0]))
     out = []
