@@ -20,7 +20,9 @@ by glmtune into its cached HF folder, which both tools then load; `--data smollm
 record-format task of `glmtune demo --real` (64 short chats) into the work folder.
 
 The peer reads its data through a `dataset_info.json` next to the data file (the entry whose file_name
-is the data file's name is passed as `dataset=`). Without --lf-venv only glmtune runs.
+is the data file's name is passed as `dataset=`; `--data smollm2-task` writes one). Without --lf-venv only
+glmtune runs. The peer's environment and yaml: `bash benchmarks/peer/setup_llamafactory.sh /tmp/lfvenv` and
+`benchmarks/peer/llamafactory_lora_sft.yaml` (SmolLM2's template; `--lf-extra template=glm4` for GLM-4).
 Uses only the standard library; glmtune runs with this interpreter (or --python).
 """
 
@@ -149,7 +151,8 @@ def run_lf(a, run_dir: Path) -> dict:
     out = run_dir / "out"
     cli = Path(a.lf_venv) / "bin" / "llamafactory-cli"
     cmd = [str(cli), "train", str(a.lf_config), f"model_name_or_path={a.model}",
-           f"dataset_dir={Path(a.data).parent}", f"dataset={lf_dataset_name(Path(a.data))}", f"output_dir={out}"]
+           f"dataset_dir={Path(a.data).parent}", f"dataset={lf_dataset_name(Path(a.data))}", f"output_dir={out}",
+           *a.lf_extra]
     r = timed(cmd, clean_env(str(Path(a.lf_venv) / "bin")), run_dir, Path(a.workdir))
     r["tool"] = "llamafactory"
     res = json.loads((out / "train_results.json").read_text()) if (out / "train_results.json").exists() else {}
@@ -249,6 +252,12 @@ def resolve_aliases(a) -> None:
                 "print(write_demo_data(Path(sys.argv[1]))['train'])")
         a.data = subprocess.run([a.python, "-c", code, str(Path(a.workdir) / "data")], capture_output=True,
                                 text=True, check=True).stdout.strip().splitlines()[-1]
+        # The peer reads it through a dataset registry: OpenAI-style `messages` rows (sharegpt formatting).
+        tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                "system_tag": "system"}
+        (Path(a.data).parent / "dataset_info.json").write_text(json.dumps({"smollm2_task": {
+            "file_name": Path(a.data).name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+            "tags": tags}}, indent=2) + "\n")
 
 
 def main() -> int:
@@ -264,6 +273,7 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that has glmtune installed")
     ap.add_argument("--peer-first", action="store_true", help="B A B A instead of A B A B")
     ap.add_argument("--glmtune-extra", nargs="*", default=[], help="extra glmtune key=value overrides")
+    ap.add_argument("--lf-extra", nargs="*", default=[], help="extra peer key=value overrides (e.g. template=glm4)")
     ap.add_argument("--threads", default=None, help="OMP/MKL threads for both tools (default: unset)")
     a = ap.parse_args()
     global THREADS

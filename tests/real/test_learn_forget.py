@@ -9,10 +9,17 @@ aggressive run must show the larger drop, and `glmtune eval compare` must say so
 """
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+
+from glmtune.serve.vllm import project_root
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -92,17 +99,162 @@ def test_aggressive_run_forgets_more_and_the_report_says_so(runs):
     assert row.split("|")[2:4] == [f" {g['delta'] * 100:.2f} ", f" {a['delta'] * 100:.2f} "]
 
 
-def test_gguf_run_exports_and_the_export_serves_the_same_answers(runs, tmp_path):
+@pytest.fixture(scope="module")
+def merged(runs):
+    """The gentle run exported to a merged HF folder (RUN/export, verified against the adapter by default),
+    where `glmtune serve --backend vllm --run RUN` looks for it."""
+    run = runs["gentle"]["run"]
+    glmtune("export", "--run", run)
+    assert (run / "export" / "config.json").exists()
+    return run / "export"
+
+
+def test_gguf_run_exports_and_the_export_serves_the_same_answers(runs, merged, tmp_path):
     """The GGUF-based run merges into a plain checkpoint like any other; the merged folder answers as the run."""
     run = runs["gentle"]["run"]
     meta = json.loads((run / "method.json").read_text())
     assert "/gguf/" in meta["base"]  # the dequantized cache folder, not the .gguf file
-    glmtune("export", "--run", run, "--out", tmp_path / "export")  # verified against the adapter by default
-    assert (tmp_path / "export" / "config.json").exists()
-    glmtune("eval", "--model-dir", tmp_path / "export", "--test", runs["files"]["test"], "--out", tmp_path / "ev",
+    glmtune("eval", "--model-dir", merged, "--test", runs["files"]["test"], "--out", tmp_path / "ev",
             "eval.max_new_tokens=16", "eval.batch_size=8", "eval.metrics=[text]")
     test_rows = [json.loads(x) for x in runs["files"]["test"].read_text().splitlines()]
-    merged, merged_rows, _ = exact(tmp_path / "ev" / "predictions.jsonl", test_rows)
+    merged_acc, merged_rows, _ = exact(tmp_path / "ev" / "predictions.jsonl", test_rows)
     tuned, tuned_rows, _ = exact(run / "eval" / "predictions.jsonl", test_rows)
     same = sum(m["prediction"] == t["prediction"] for m, t in zip(merged_rows, tuned_rows))
-    assert same >= len(test_rows) - 1 and abs(merged - tuned) <= 1 / len(test_rows)
+    assert same >= len(test_rows) - 1 and abs(merged_acc - tuned) <= 1 / len(test_rows)
+
+
+def round_trip_prompts(runs) -> list[tuple[list[dict], str | None]]:
+    """(messages, expected answer or None): held-out records the tuned model learned, and general prompts."""
+    test_rows = [json.loads(x) for x in runs["files"]["test"].read_text().splitlines()]
+    general = ["What is the capital of France?", "What is the plural of mouse?", "How many days are in a week?"]
+    return ([(r["messages"][:-1], r["messages"][-1]["content"]) for r in test_rows[:5]]
+            + [([{"role": "user", "content": q}], None) for q in general])
+
+
+ROUND_TRIP_MAX_NEW = 20
+
+
+def test_gguf_in_lora_gguf_out_llama_cpp_answers_like_glmtune(runs, merged, tmp_path):
+    """GGUF in -> LoRA -> GGUF out -> llama.cpp: the Q4_1 GGUF base was dequantized to fp32 and trained; the run
+    exported to an f32 GGUF answers in llama.cpp (llama-cpp-python's chat completion, greedy) exactly what
+    glmtune's engine answers on the merged HF folder.
+
+    f32, not the base's Q4_1: the tuned weights are fp32 (dequantized base + LoRA delta), so re-quantizing to
+    4 bits moves every logit (export verification measures about 0.1-0.2 relative max |Δlogit| for 4-bit types)
+    and greedy answers may flip at close calls; exact equality can only be asked of the lossless type.
+    """
+    pytest.importorskip("llama_cpp")
+    from llama_cpp import Llama
+
+    from glmtune.serve.engine import HFEngine
+
+    run = runs["gentle"]["run"]
+    glmtune("export", "--run", run, "--format", "gguf", "--quant", "f32", "--out", tmp_path / "gguf")
+    gguf = tmp_path / "gguf" / "model-f32.gguf"
+    verify = json.loads((tmp_path / "gguf" / "verify.json").read_text())
+    assert verify["passed"] and verify["files"]["model-f32.gguf"]["greedy_equal"], verify
+    prompts = round_trip_prompts(runs)
+
+    engine = HFEngine.from_model_dir(str(merged))
+    ours = [engine.generate([m], max_new_tokens=ROUND_TRIP_MAX_NEW)[0].text for m, _ in prompts]  # batch 1
+    del engine
+
+    llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=1, verbose=False)
+    theirs = []
+    for m, _ in prompts:  # the GGUF's own chat template and stop tokens, as a llama.cpp user gets them
+        r = llm.create_chat_completion(messages=m, temperature=0, max_tokens=ROUND_TRIP_MAX_NEW, repeat_penalty=1.0)
+        theirs.append(r["choices"][0]["message"]["content"].strip())
+    llm.close()
+    print("round trip answers:", list(zip(ours, theirs)))
+    assert theirs == ours
+    learned = [(a, want) for a, (_, want) in zip(ours, prompts) if want is not None]
+    assert sum(a == want for a, want in learned) >= len(learned) - 1, learned  # the tuning survived the trip
+
+
+VLLM_PYTHON = Path(os.environ.get("GLMTUNE_VLLM_PYTHON") or project_root() / ".venv-vllm" / "bin" / "python")
+
+
+class Server:
+    """`glmtune serve ...` in its own process group (vLLM adds worker processes), stopped by that group."""
+
+    def __init__(self, log: Path, *args, startup_s: float = 900):
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = log
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *map(str, args), "--port",
+                                      str(self.port)], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + startup_s
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise AssertionError(f"server not up after {startup_s} s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def ask(self, prompts) -> list[tuple[str, str, int]]:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=self.url, api_key="unused", timeout=300, max_retries=0)
+        model = client.models.list().data[0].id
+        out = []
+        for messages, _ in prompts:  # one at a time: the same batch of one on both servers
+            r = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                               max_tokens=ROUND_TRIP_MAX_NEW)
+            out.append((r.choices[0].message.content.strip(), r.choices[0].finish_reason, r.usage.completion_tokens))
+        return out
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def vllm_ready() -> bool:
+    """`make vllm` writes .installed last; a python in a half-built environment does not count."""
+    if os.environ.get("GLMTUNE_VLLM_PYTHON"):
+        return VLLM_PYTHON.exists()
+    return (VLLM_PYTHON.parents[1] / ".installed").exists()
+
+
+def test_vllm_serves_the_tuned_real_model_like_glmtune_serve(runs, merged, tmp_path):
+    """The tuned SmolLM2 (Llama architecture) through vLLM-CPU (`glmtune serve --backend vllm --run RUN`, which
+    serves the run's verified export in float32) answers what `glmtune serve` (HF engine) answers on the same
+    merged folder: text, finish reason and token count, greedy."""
+    if not vllm_ready():  # checked when the test runs, after the module's training
+        pytest.skip(f"NO vLLM ENVIRONMENT ({VLLM_PYTHON.parents[1]} not built): run `make vllm` (`make test` does)")
+    prompts = round_trip_prompts(runs)
+    hf = Server(tmp_path / "hf.log", "--model", merged)
+    try:
+        ours = hf.ask(prompts)
+    finally:
+        hf.stop()
+    vllm = Server(tmp_path / "vllm.log", "--backend", "vllm", "--run", runs["gentle"]["run"])
+    try:
+        theirs = vllm.ask(prompts)
+    finally:
+        vllm.stop()
+    assert "--dtype float32" in (tmp_path / "vllm.log").read_text()
+    print("vLLM vs glmtune serve:", list(zip(theirs, ours)))
+    assert theirs == ours
+    learned = [(a[0], want) for a, (_, want) in zip(ours, prompts) if want is not None]
+    assert sum(a == want for a, want in learned) >= len(learned) - 1, learned
