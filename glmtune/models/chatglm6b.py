@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 try:  # transformers >= 4.52: the layer runs itself under gradient checkpointing
     from transformers.modeling_layers import GradientCheckpointingLayer as _LayerBase
@@ -203,7 +203,9 @@ def positions_and_mask(input_ids, attention_mask, config):
     idx = torch.arange(n, device=dev).expand(b, n)
     big = torch.full_like(idx, n)
     is_bos = (input_ids == config.bos_token_id) & valid
-    ctx = torch.where(is_bos, idx, big).min(-1).values  # first <sop>; n when absent (plain causal text)
+    has_bos = is_bos.any(-1)
+    # the first <sop>; a row without one is plain causal text (context of length 0, positions count up)
+    ctx = torch.where(has_bos, torch.where(is_bos, idx, big).min(-1).values, torch.zeros_like(has_bos, dtype=torch.long))
     has_g = ((input_ids == config.gmask_token_id) & valid).any(-1)
     mask_tok = torch.where(has_g, config.gmask_token_id, config.mask_token_id)
     is_mask = (input_ids == mask_tok[:, None]) & valid
@@ -211,7 +213,7 @@ def positions_and_mask(input_ids, attention_mask, config):
     has_mask = mpos_abs < n
     mpos_rel = rel.gather(1, mpos_abs.clamp(max=n - 1)[:, None])
     ctx_rel = rel.gather(1, ctx.clamp(max=n - 1)[:, None])
-    after = idx >= ctx[:, None]
+    after = (idx >= ctx[:, None]) & has_bos[:, None]
     if config.position_encoding_2d:
         pos = torch.where(after & has_mask[:, None], mpos_rel.expand(b, n), rel)
         block = torch.where(after, rel - ctx_rel + 1, torch.zeros_like(rel))
@@ -275,24 +277,46 @@ class ChatGLM6BModel(ChatGLM6BPreTrainedModel):
         kv = kv.permute(2, 0, 3, 1, 4)  # [2 * layers, B, H, P, D]
         return [(kv[2 * i], kv[2 * i + 1]) for i in range(cfg.num_layers)]
 
-    def forward(self, input_ids=None, position_ids=None, attention_mask=None, cache=None, inputs_embeds=None):
+    def forward(self, input_ids=None, position_ids=None, attention_mask=None, cache=None, inputs_embeds=None,
+                use_cache=None, **kwargs):
+        if input_ids is None:
+            raise ValueError("ChatGLM-6B needs input_ids (its positions and mask come from where gMASK and <sop> are)")
+        if position_ids is not None and self.config.position_encoding_2d and position_ids.dim() != 3:
+            raise ValueError("ChatGLM-6B takes 2D position ids [batch, 2, length] (position, block position); got "
+                             f"shape {tuple(position_ids.shape)} (train.packing is not supported for ChatGLM-6B: "
+                             "set train.packing=false)")
         hidden = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        if position_ids is None or attention_mask is None or attention_mask.dim() != 4:
-            if cache is not None and cache.get_seq_length() > 0:
-                raise ValueError("ChatGLM-6B: with a filled cache, pass position_ids and the 4D mask "
-                                 "(generate() does, via prepare_inputs_for_generation)")
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask.bool()
+            if position_ids is None:
+                raise ValueError("ChatGLM-6B: a 4D attention mask needs its 2D position ids")
+        elif past:
+            # Decoding after a filled cache: the new tokens come after <sop>, so they see every real cached key
+            # and each other causally; their 2D positions must come from the caller (see decode_position_ids).
+            if position_ids is None:
+                raise ValueError("ChatGLM-6B: with a filled cache, pass 2D position_ids (generate() does, via "
+                                 "prepare_inputs_for_generation; glmtune's server via decode_position_ids)")
+            n = input_ids.shape[1]
+            valid = (torch.ones(input_ids.shape[0], past + n, dtype=torch.bool, device=input_ids.device)
+                     if attention_mask is None else attention_mask.bool())
+            k_idx = torch.arange(past + n, device=input_ids.device)
+            q_idx = torch.arange(n, device=input_ids.device) + past
+            mask = (k_idx[None, :] <= q_idx[:, None])[None, None] & valid[:, None, None, :]
+        else:
             pos, mask = positions_and_mask(input_ids, attention_mask, self.config)
             position_ids = pos if position_ids is None else position_ids
-        else:
-            mask = attention_mask
         prefix = self.prefix_kv(hidden.shape[0], hidden.device)
         for i, layer in enumerate(self.layers):
             hidden = layer(hidden, position_ids, mask, cache, None if prefix is None else prefix[i])
-        return self.final_layernorm(hidden)
+        return BaseModelOutputWithPast(last_hidden_state=self.final_layernorm(hidden), cache=cache)
 
 
 class ChatGLM6BForCausalLM(ChatGLM6BPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "transformer.word_embeddings.weight"}
+    # The context attends bidirectionally: a prompt prefix's keys/values depend on the tokens after it, so
+    # prefix caching (serve.prefix_cache_tokens) would change answers.
+    glmtune_prefix_cache_ok = False
 
     def __init__(self, config):
         super().__init__(config)
@@ -323,14 +347,29 @@ class ChatGLM6BForCausalLM(ChatGLM6BPreTrainedModel, GenerationMixin):
         if not use_cache:
             cache = None
         hidden = self.transformer(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                  cache=cache, inputs_embeds=inputs_embeds)
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden = hidden[:, -logits_to_keep:]
+                                  cache=cache, inputs_embeds=inputs_embeds).last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:  # a tensor of positions
+            hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+    def decode_position_ids(self, prompt_ids: list[int], index: int) -> list:
+        """[[position], [block position]] ([position] with 1D positions) of the token at real index `index` (>= len(prompt_ids)) generated after
+        `prompt_ids`: what `positions_and_mask` gives it in the whole row (for a caller that keeps its own cache)."""
+        cfg = self.config
+        if cfg.bos_token_id not in prompt_ids:
+            return [[index], [0]] if cfg.position_encoding_2d else [index]
+        ctx = prompt_ids.index(cfg.bos_token_id)
+        mtok = cfg.gmask_token_id if cfg.gmask_token_id in prompt_ids else cfg.mask_token_id
+        mpos = prompt_ids.index(mtok) if mtok in prompt_ids else None
+        if not cfg.position_encoding_2d:
+            return [mpos if mpos is not None and mtok != cfg.gmask_token_id else index]
+        return [[mpos if mpos is not None else index], [index - ctx + 1]]
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
                                       inputs_embeds=None, is_first_iteration=None, past_key_values=None, **kwargs):

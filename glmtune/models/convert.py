@@ -268,9 +268,10 @@ def ensure_converted(src: Path) -> Path:
     src = Path(src)
     dst = cache_root() / "converted" / f"{src.resolve().name}-{fingerprint(src)}"
     if (dst / NOTE_FILE).exists():
-        to = json.loads((dst / NOTE_FILE).read_text()).get("to", "GlmForCausalLM")
-        print(f"glmtune: {src.name}: remote-code ChatGLM loaded as native {to} from the converted copy {dst}",
-              file=sys.stderr)
+        done = json.loads((dst / NOTE_FILE).read_text())
+        q = f", INT{done['quantization_bit']} weights dequantized" if done.get("quantization_bit") else ""
+        print(f"glmtune: {src.name}: remote-code ChatGLM loaded as native {done.get('to', 'GlmForCausalLM')} from "
+              f"the converted copy {dst}{q}", file=sys.stderr)
         return dst
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -133,7 +133,9 @@ def load(model_cfg, precision: str = "fp32", quantization_config=None, device_ma
         dtype=torch_dtype(model_cfg.dtype, precision),
         trust_remote_code=model_cfg.trust_remote_code,
     )
-    if not family.remote_code:
+    if not family.remote_code and not (family.name == "chatglm6b" and model_cfg.attn_implementation in ("sdpa", "eager")):
+        # (glmtune's ChatGLM-6B class has one attention, the original's fp32-softmax math; other values still
+        # reach transformers, which refuses them by name)
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config

@@ -209,8 +209,12 @@ def estimate(facts: ModelFacts, method: str, st: MemorySetup) -> MemoryEstimate:
         notes.append("base linears in NF4 (0.5 B/param + constants); embeddings and LM head in the load dtype")
     else:
         frozen_w = (n_all - (n_train if method == "freeze" else 0)) * st.load_bytes
-    if facts.quantized_bits and method in ("lora", "ptuning"):
-        frozen_w = n_all * facts.quantized_bits / 8
+    if facts.quantized_bits:
+        # An INT4/INT8 ChatGLM-6B checkpoint is dequantized to the load dtype when glmtune converts it
+        # (models/convert_chatglm6b.py): in memory its base weighs what the fp16 model does.
+        notes.append(f"the checkpoint ships INT{facts.quantized_bits} weights ({n_all * facts.quantized_bits / 8 / GIB:.1f}"
+                     f" GiB if all were packed); glmtune dequantizes them at load, so the frozen base takes "
+                     f"{st.load_bytes} B/param like the unquantised model; method qlora keeps it at ~4 bits")
     weights = float(frozen_w + n_train * train_bytes)
     master = n_train * 2.0 if st.mixed else 0.0
     grads = n_train * float(train_bytes)

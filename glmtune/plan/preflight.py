@@ -96,8 +96,8 @@ def preflight(cfg, stats, facts, split: tuple[int, int] | None = None) -> list[F
         out.append(Finding("warn", "few_steps", f"only {sched.total_steps} optimizer steps in the whole run"))
     if facts.quantized_bits and method in ("full", "freeze"):
         out.append(Finding("fatal", "quantized_base",
-                           f"{facts.name} ships {facts.quantized_bits}-bit weights: {method} cannot update them; "
-                           f"use ptuning/lora or the unquantised checkpoint"))
+                           f"{facts.name} ships {facts.quantized_bits}-bit weights: {method} would train their "
+                           f"dequantized, rounded copy; use ptuning/lora on it or the unquantised checkpoint"))
     out += _memory_findings(cfg, stats, facts)
     return out
 

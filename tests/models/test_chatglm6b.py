@@ -174,3 +174,35 @@ def test_bad_quantized_checkpoints_are_refused(tmp_path):
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConvertError, match="quantization_bit=3"):
         convert(src, tmp_path / "dst2")
+
+
+@pytest.mark.parametrize("two_d", [True, False])
+def test_decode_positions_equal_whole_row_positions(two_d):
+    """What glmtune's server feeds one decoded token at a time equals the whole-row 2D positions."""
+    import torch
+
+    from glmtune.models.chatglm6b import ChatGLM6BConfig, ChatGLM6BForCausalLM, positions_and_mask
+
+    cfg = ChatGLM6BConfig(vocab_size=400, hidden_size=32, num_layers=1, num_attention_heads=4, inner_hidden_size=48,
+                          mask_token_id=378, gmask_token_id=379, bos_token_id=380, eos_token_id=381,
+                          position_encoding_2d=two_d)
+    model = ChatGLM6BForCausalLM(cfg)
+    for prompt in ([5, 6, 7, 379, 380], [5, 378, 7, 8, 380], [5, 6, 7]):
+        row = prompt + [11, 12, 13]
+        pos, _ = positions_and_mask(torch.tensor([row]), None, cfg)
+        for i in range(len(prompt), len(row)):
+            assert model.decode_position_ids(prompt, i) == pos[0, ..., i:i + 1].tolist(), (prompt, i)
+
+
+def test_lora_all_targets_every_linear_but_the_head():
+    from peft.tuners.lora import LoraLayer
+
+    from glmtune.methods.lora import LoraConfig, wrap_with_lora
+    from glmtune.models.chatglm6b import ChatGLM6BConfig, ChatGLM6BForCausalLM
+    from glmtune.models.families import family_of
+
+    cfg = ChatGLM6BConfig(vocab_size=400, hidden_size=32, num_layers=2, num_attention_heads=4, inner_hidden_size=48)
+    model = wrap_with_lora(ChatGLM6BForCausalLM(cfg), LoraConfig(targets="all"), family_of("glmtune_chatglm6b"))
+    adapted = {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert {n.rsplit(".", 1)[-1] for n in adapted} == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    assert len(adapted) == 8 and not any("lm_head" in n or "word_embeddings" in n for n in adapted)
