@@ -206,3 +206,22 @@ def test_lora_all_targets_every_linear_but_the_head():
     adapted = {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     assert {n.rsplit(".", 1)[-1] for n in adapted} == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
     assert len(adapted) == 8 and not any("lm_head" in n or "word_embeddings" in n for n in adapted)
+
+
+def test_cli_convert_int4(tmp_path):
+    """`glmtune convert` on an INT4 folder: one note naming the route, a folder transformers loads natively."""
+    import os
+    import subprocess
+    import sys
+
+    src = src_folder("chatglm-6b-int4", tmp_path / "src")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLMTUNE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "glmtune", "convert", str(src), str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "to glmtune's native ChatGLM-6B class" in r.stderr and "8 INT4 layers dequantized" in r.stderr
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model_type"] == "glmtune_chatglm6b" and "quantization_bit" not in cfg and "auto_map" not in cfg
+    note = json.loads((tmp_path / "out" / "glmtune_converted.json").read_text())
+    assert note["quantization_bit"] == 4 and note["dequantized_layers"] == 8
+    assert (tmp_path / "out" / "MODEL_LICENSE").exists() and (tmp_path / "out" / "tokenizer.json").exists()
