@@ -317,6 +317,8 @@ class ChatGLM6BForCausalLM(ChatGLM6BPreTrainedModel, GenerationMixin):
     # The context attends bidirectionally: a prompt prefix's keys/values depend on the tokens after it, so
     # prefix caching (serve.prefix_cache_tokens) would change answers.
     glmtune_prefix_cache_ok = False
+    # A base checkpoint never holds the P-Tuning prefix encoder: it is trained, or loaded from the run afterwards.
+    _keys_to_ignore_on_load_missing = [r"transformer\.prefix_encoder\..*"]
 
     def __init__(self, config):
         super().__init__(config)

@@ -225,3 +225,34 @@ def test_cli_convert_int4(tmp_path):
     note = json.loads((tmp_path / "out" / "glmtune_converted.json").read_text())
     assert note["quantization_bit"] == 4 and note["dequantized_layers"] == 8
     assert (tmp_path / "out" / "MODEL_LICENSE").exists() and (tmp_path / "out" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("pre_seq_len", [None, 4])
+def test_gradient_checkpointing_gives_the_same_gradients(pre_seq_len):
+    import torch
+
+    from glmtune.models.chatglm6b import ChatGLM6BConfig, ChatGLM6BForCausalLM
+
+    cfg = ChatGLM6BConfig(vocab_size=400, hidden_size=32, num_layers=2, num_attention_heads=4, inner_hidden_size=48,
+                          mask_token_id=378, gmask_token_id=379, bos_token_id=380, eos_token_id=381,
+                          pre_seq_len=pre_seq_len, prefix_projection=True)
+    torch.manual_seed(0)
+    model = ChatGLM6BForCausalLM(cfg)
+    ids = torch.tensor([[5, 6, 7, 379, 380, 11, 12, 13]])
+    labels = torch.tensor([[-100] * 5 + [11, 12, 13]])
+
+    def grads():
+        model.zero_grad()
+        model.train()
+        model(input_ids=ids, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    if pre_seq_len:
+        model.transformer.prefix_dropout.p = 0.0
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.transformer.layers)  # the blocks really recompute
+    ckpt = grads()
+    assert plain.keys() == ckpt.keys() and len(plain) > 5
+    for n in plain:
+        assert torch.allclose(plain[n], ckpt[n], atol=1e-6), n
