@@ -256,3 +256,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(pre_seq_len):
     assert plain.keys() == ckpt.keys() and len(plain) > 5
     for n in plain:
         assert torch.allclose(plain[n], ckpt[n], atol=1e-6), n
+
+
+def test_vllm_backend_refuses_chatglm6b_by_name(tmp_path):
+    from glmtune.serve.vllm import VllmError, make_plan
+
+    src = src_folder("chatglm-6b", tmp_path / "src")
+    with pytest.raises(VllmError, match="ChatGLM-6B runs as glmtune's own model class"):
+        make_plan(None, str(src))
