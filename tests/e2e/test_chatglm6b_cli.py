@@ -1,6 +1,6 @@
 """ChatGLM-6B and ChatGLM-6B-INT4 folders (original remote-code layout, the real tokenizer, config and special ids,
 tiny random weights) through the real CLI: the loader converts them to glmtune's native ChatGLM-6B class (INT4
-dequantized) and says so; then train (LoRA, P-Tuning v2 with pre_seq_len/prefix_projection), predict,
+dequantized) and says so; then train (LoRA, P-Tuning v2 with pre_seq_len/prefix_projection; QLoRA on INT4), predict,
 chat --prompt, export (LoRA) and serve, answering through the `openai` client."""
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def test_chatglm6b_lora_train_predict_chat_export_serve(env):
 
 
 @pytest.mark.slow
-def test_chatglm6b_int4_ptuning_and_lora(env):
+def test_chatglm6b_int4_ptuning_lora_qlora(env):
     folder = chatglm6b_folder(env["root"] / "chatglm-6b-int4-tiny", "chatglm-6b-int4")
     run = env["root"] / "run_pt"
     # seed 003's settings, scaled down: P-Tuning v2 on the INT4 checkpoint with prefix_projection
@@ -155,3 +155,7 @@ def test_chatglm6b_int4_ptuning_and_lora(env):
     assert n > 0 and answer == preds[0]["prediction"]
     p = train(env, folder, env["root"] / "run_int4_lora", "method.name=lora")
     assert "INT4" in p.stderr and "ChatGLM6BForCausalLM" in p.stderr  # the cached conversion is reused and named
+    # QLoRA: the dequantized base re-quantized to NF4 by bitsandbytes (the ~4-bit route in memory)
+    p = train(env, folder, env["root"] / "run_int4_qlora", "method.name=qlora")
+    assert "method qlora:" in p.stdout + p.stderr
+    assert next((env["root"] / "run_int4_qlora").rglob("adapter_config.json")).exists()
