@@ -285,6 +285,9 @@ def _skeleton(folder: Path, device):
     from accelerate.utils import set_module_tensor_to_device
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from glmtune.models.chatglm6b import register
+
+    register()  # a converted ChatGLM-6B base is glmtune's own class
     config = AutoConfig.from_pretrained(str(folder))
     why = streamable(config)
     if why:

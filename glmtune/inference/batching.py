@@ -108,7 +108,12 @@ class BatchingEngine:
         self._mask = None  # [B, L] 1 = real token (a view of _maskbuf: the live window)
         self._maskbuf = None  # [slots, capacity]; columns past the live window are already 1 (filled as rows decode)
         self._b = self._s = 0  # live rows [:_b] and first live column _s of the buffers
-        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        # A model whose prompt attends bidirectionally (ChatGLM-6B) has prefix KV that depends on what follows:
+        # no prefix cache for it.
+        prefix_ok = getattr(engine.model, "glmtune_prefix_cache_ok", True)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and prefix_ok else None
+        # Models with their own position scheme (ChatGLM-6B's 2D positions) give each decoded token's ids.
+        self._decode_positions = getattr(engine.model, "decode_position_ids", None)
         # P-Tuning (PEFT prompt learning): PeftModel.forward would replace our cache with its prefix, so the
         # engine calls the base model and starts every row's cache from the learned prefix itself.
         self._prompt_learning = bool(getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning",
@@ -384,7 +389,10 @@ class BatchingEngine:
         if self._s + length + 1 > self._maskbuf.shape[1]:  # out of reserved room: rebuild with more
             self._build([(self._kv(), self._mask)], self._rows)
         ids = torch.tensor([[r.last] for r in self._rows], device=device)
-        pos = torch.tensor([[r.n_real] for r in self._rows], device=device)
+        if self._decode_positions is not None:
+            pos = torch.tensor([self._decode_positions(r.req.prompt_ids, r.n_real) for r in self._rows], device=device)
+        else:
+            pos = torch.tensor([[r.n_real] for r in self._rows], device=device)
         self._mask = self._maskbuf[:self._b, self._s:self._s + length + 1]
         out = self._net(input_ids=ids, attention_mask=self._mask, position_ids=pos, use_cache=True,
                         **{self._cache_kw: self._cache})

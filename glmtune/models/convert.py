@@ -44,7 +44,11 @@ def why_not_convertible(src: Path) -> str | None:
     if cfg.get("model_type") != "chatglm":
         return f"{where}: model_type is {cfg.get('model_type')!r}, not 'chatglm'"
     if "padded_vocab_size" not in cfg or cfg.get("position_encoding_2d"):
-        return f"{where}: a ChatGLM-6B (GLM-130B-style blocks, 2D positions) checkpoint; no native class yet"
+        from glmtune.models import convert_chatglm6b
+
+        if convert_chatglm6b.is_chatglm6b(cfg):  # its own native class and converter
+            return convert_chatglm6b.why_not(src)
+        return f"{where}: no padded_vocab_size: neither a ChatGLM2/3/GLM-4 nor a ChatGLM-6B config"
     if cfg.get("quantization_bit"):
         return f"{where}: quantization_bit={cfg['quantization_bit']}: quantized ChatGLM checkpoints are not converted"
     wanted = {"rmsnorm": True, "apply_residual_connection_post_layernorm": False, "post_layer_norm": True,
@@ -189,6 +193,10 @@ def convert(src: Path, dst: Path, max_shard: str | int = "2GB", dtype: str | Non
     from glmtune.models.load import load_tokenizer
 
     src, dst = Path(src), Path(dst)
+    from glmtune.models import convert_chatglm6b
+
+    if convert_chatglm6b.is_chatglm6b(_config(src)):
+        return convert_chatglm6b.convert(src, dst, max_shard=max_shard, dtype=dtype)
     reason = why_not_convertible(src)
     if reason:
         raise ConvertError(reason)
@@ -274,8 +282,10 @@ def ensure_converted(src: Path) -> Path:
     src = Path(src)
     dst = cache_root() / "converted" / f"{src.resolve().name}-{fingerprint(src)}"
     if (dst / NOTE_FILE).exists():
-        print(f"glmtune: {src.name}: remote-code ChatGLM loaded as native Glm from the converted copy {dst}",
-              file=sys.stderr)
+        done = json.loads((dst / NOTE_FILE).read_text())
+        q = f", INT{done['quantization_bit']} weights dequantized" if done.get("quantization_bit") else ""
+        print(f"glmtune: {src.name}: remote-code ChatGLM loaded as native {done.get('to', 'GlmForCausalLM')} from "
+              f"the converted copy {dst}{q}", file=sys.stderr)
         return dst
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,10 +1,12 @@
-"""`glmtune convert SRC DST`: a ChatGLM2/ChatGLM3/glm-4-9b-chat remote-code folder -> a native Glm folder."""
+"""`glmtune convert SRC DST`: a ChatGLM2/ChatGLM3/glm-4-9b-chat remote-code folder -> a native Glm folder; a
+ChatGLM-6B(-INT4/-INT8) folder -> glmtune's native ChatGLM-6B class (dequantized)."""
 
 from __future__ import annotations
 
 import sys
 
-HELP = "convert a remote-code ChatGLM2/3 or glm-4-9b-chat checkpoint folder to transformers' native Glm"
+HELP = ("convert a remote-code ChatGLM2/3 or glm-4-9b-chat checkpoint folder to transformers' native Glm, or a "
+        "ChatGLM-6B(-INT4/-INT8) one to glmtune's native ChatGLM-6B class")
 
 
 def add_arguments(p) -> None:

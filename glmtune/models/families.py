@@ -41,6 +41,17 @@ FAMILIES: tuple[Family, ...] = (
         decoder_layer="GLMBlock",
         notes=("remote-code model: load with model.trust_remote_code=true",),
     ),
+    # ChatGLM-6B (first generation), as glmtune's native class (models/chatglm6b.py): original module names,
+    # its own prefix encoder (pre_seq_len), an answer closed by <eop>.
+    Family(
+        "chatglm6b",
+        ("glmtune_chatglm6b",),
+        ("<eop>",),
+        attention_targets=("query_key_value", "dense"),
+        mlp_targets=("dense_h_to_4h", "dense_4h_to_h"),
+        prefix_mechanism="pre_seq_len",
+        decoder_layer="GLMBlock",
+    ),
     Family("llama", ("llama",), ("<|eot_id|>", "<|end_of_text|>"), decoder_layer="LlamaDecoderLayer"),
     Family("qwen2", ("qwen2", "qwen3"), ("<|im_end|>", "<|endoftext|>"), decoder_layer="Qwen2DecoderLayer"),
 )

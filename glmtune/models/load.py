@@ -90,16 +90,21 @@ def route_family(path: Path) -> Family:
     """The family the loader will actually build for `path` (a convertible ChatGLM folder loads as native Glm)."""
     mt = model_type_of(path)
     if mt == "chatglm":
+        import json
+
         from glmtune.models.convert import why_not_convertible
+        from glmtune.models.convert_chatglm6b import is_chatglm6b
 
         if why_not_convertible(path) is None:
-            return family_of("glm")
+            chatglm6b = is_chatglm6b(json.loads((path / "config.json").read_text()))
+            return family_of("glmtune_chatglm6b" if chatglm6b else "glm")
     return family_of(mt)
 
 
 def native_route(path: Path) -> Path:
-    """A ChatGLM2/3 or glm-4-9b-chat remote-code folder (whose code fails on transformers 5) becomes its cached
-    native Glm conversion; anything else (ChatGLM-6B) keeps the remote-code route. Prints the route taken."""
+    """A ChatGLM-6B, ChatGLM2/3 or glm-4-9b-chat remote-code folder (whose code fails on transformers 5) becomes
+    its cached native conversion (Glm, or glmtune's ChatGLM-6B class); anything else keeps the remote-code route.
+    Prints the route taken."""
     from glmtune.models.convert import ensure_converted, why_not_convertible
 
     reason = why_not_convertible(path)
@@ -115,6 +120,9 @@ def load(model_cfg, precision: str = "fp32", quantization_config=None, device_ma
     before the model is built (a method's load-time hook, e.g. ChatGLM's `pre_seq_len`)."""
     from transformers import AutoModelForCausalLM
 
+    from glmtune.models.chatglm6b import register
+
+    register()  # glmtune's native ChatGLM-6B class, for converted ChatGLM-6B folders and their exports
     path = resolve_path(model_cfg.path)
     if model_type_of(path) == "chatglm":
         path = native_route(path)
@@ -126,7 +134,9 @@ def load(model_cfg, precision: str = "fp32", quantization_config=None, device_ma
         dtype=torch_dtype(model_cfg.dtype, precision),
         trust_remote_code=model_cfg.trust_remote_code,
     )
-    if not family.remote_code:
+    if not family.remote_code and not (family.name == "chatglm6b" and model_cfg.attn_implementation in ("sdpa", "eager")):
+        # (glmtune's ChatGLM-6B class has one attention, the original's fp32-softmax math; other values still
+        # reach transformers, which refuses them by name)
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config

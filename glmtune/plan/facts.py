@@ -136,13 +136,15 @@ BUILTIN: dict[str, ModelFacts] = {
         head_dim=128, vocab=130528, context=2048, mlp="gelu", qkv_bias=True,
         lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"), template="chatglm",
         licence=_CHATGLM_LICENCE, cjk_chars_per_token=1.4, digits_per_token=1,
-        notes=("remote-code checkpoint: model.trust_remote_code=true",
-               "2048-token context: long rubric prompts do not fit")),
+        notes=("remote-code checkpoint: glmtune loads it as its native ChatGLM-6B class (converted, its code is "
+               "not run)", "2048-token context: long rubric prompts do not fit")),
 }
 BUILTIN["chatglm-6b-int4"] = replace(
     BUILTIN["chatglm-6b"], name="chatglm-6b-int4", quantized_bits=4,
-    notes=BUILTIN["chatglm-6b"].notes + ("weights ship quantised to 4 bits: only P-Tuning v2 / LoRA on top "
-                                         "of the frozen int4 base; full/freeze need chatglm-6b",))
+    notes=BUILTIN["chatglm-6b"].notes + ("weights ship quantised to 4 bits (3.9 GB on disk); glmtune dequantizes "
+                                         "them to the load dtype, so P-Tuning v2 / LoRA train on a base of the "
+                                         "fp16 model's size; full/freeze would train the rounded weights: use "
+                                         "chatglm-6b",))
 BUILTIN["llama-3-8b-instruct"] = ModelFacts(
     "Llama-3-8B-Instruct", family="llama", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8,
     head_dim=128, vocab=128256, context=8192,
@@ -190,7 +192,7 @@ _FAMILY_DEFAULTS = {"glm": ("glm4", _GLM_LICENCE), "glm4": ("glm4", _GLM_LICENCE
 def facts_from_config(cfg: dict, name: str = "model", source: str = "config.json") -> ModelFacts:
     """Facts from a transformers `config.json` (native GLM/GLM-4/Llama/Qwen, and ChatGLM remote-code keys)."""
     mt = cfg.get("model_type", "generic")
-    if mt == "chatglm":
+    if mt in ("chatglm", "glmtune_chatglm6b"):  # remote-code ChatGLM keys (also glmtune's native ChatGLM-6B)
         hidden = cfg["hidden_size"]
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("kv_channels", hidden // heads)
@@ -205,7 +207,8 @@ def facts_from_config(cfg: dict, name: str = "model", source: str = "config.json
             ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
             "chatglm" if glm1 else ("glm4" if cfg.get("padded_vocab_size", 0) > 100000 else "chatglm3"),
             _CHATGLM_LICENCE, quantized_bits=cfg.get("quantization_bit") if cfg.get("quantization_bit") else None,
-            source=source, notes=("remote-code checkpoint: model.trust_remote_code=true",))
+            source=source, notes=(("remote-code checkpoint: glmtune loads it as a native class (converted, "
+                                   "its code is not run)",) if mt == "chatglm" else ()))
     hidden = cfg["hidden_size"]
     heads = cfg["num_attention_heads"]
     template, licence = _FAMILY_DEFAULTS.get(mt, ("glm4", ""))

@@ -186,6 +186,13 @@ def estimate(facts: ModelFacts, method: str, st: MemorySetup) -> MemoryEstimate:
     frozen_w = m.frozen_weight_bytes(facts, st, n_train)
     if m.quantizes_base:
         notes.append("base linears in NF4 (0.5 B/param + constants); embeddings and LM head in the load dtype")
+    if facts.quantized_bits:
+        # An INT4/INT8 ChatGLM-6B checkpoint is dequantized to the load dtype when glmtune converts it
+        # (models/convert_chatglm6b.py): in memory its base weighs what the fp16 model does.
+        notes.append(f"the checkpoint ships INT{facts.quantized_bits} weights "
+                     f"({facts.param_count() * facts.quantized_bits / 8 / GIB:.1f} GiB if all were packed); glmtune "
+                     f"dequantizes them at load, so the frozen base takes {st.load_bytes} B/param like the "
+                     f"unquantised model; a method that quantizes the base keeps it at ~4 bits")
     weights = float(frozen_w + n_train * train_bytes)
     master = n_train * 2.0 if st.mixed else 0.0
     grads = n_train * float(train_bytes)

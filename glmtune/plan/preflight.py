@@ -100,10 +100,25 @@ def preflight(cfg, stats, facts, split: tuple[int, int] | None = None) -> list[F
     if facts.quantized_bits and get(method).updates_base_weights:
         others = "/".join(n for n, m in REGISTRY.items() if not (m.updates_base_weights or m.quantizes_base))
         out.append(Finding("fatal", "quantized_base",
-                           f"{facts.name} ships {facts.quantized_bits}-bit weights: {method} cannot update them; "
-                           f"use {others} or the unquantised checkpoint"))
+                           f"{facts.name} ships {facts.quantized_bits}-bit weights: {method} would train their "
+                           f"dequantized, rounded copy; use {others} on it or the unquantised checkpoint"))
+    if facts.quantized_bits:
+        out.append(_quantized_base(cfg, facts))
     out += _memory_findings(cfg, stats, facts)
     return out
+
+
+def _quantized_base(cfg, facts) -> Finding:
+    """What an INT4/INT8 ChatGLM-6B base costs: glmtune dequantizes it when converting (models/convert_chatglm6b.py)."""
+    from glmtune.plan.memory import GIB, setup_from_config
+
+    st = setup_from_config(cfg)
+    bits, lin, n_all = facts.quantized_bits, facts.linear_params(), facts.param_count()
+    return Finding("info", "quantized_base_memory",
+                   f"{facts.name} ships INT{bits} layer weights ({lin * bits / 8 / GIB:.1f} GiB packed); glmtune "
+                   f"dequantizes them when it loads the checkpoint, so in memory the frozen base costs what the "
+                   f"unquantised model does: {n_all * st.load_bytes / GIB:.1f} GiB at {st.load_bytes} B/param "
+                   f"(model.dtype); for a ~4-bit base in memory use method.name=qlora")
 
 
 def _memory_findings(cfg, stats, facts) -> list[Finding]:

@@ -195,7 +195,19 @@ def make_plan(run: str | None, model: str | None, adapters: dict[str, str] | Non
             raise VllmError(f"--adapter {public}={path} was trained on {adapter_base}, not on the served "
                             f"{base_of_adapters}; serve that base (--model {adapter_base})")
         plan.loras[public] = adir
+    _refuse_chatglm6b(plan.model)
     return plan
+
+
+def _refuse_chatglm6b(folder: Path) -> None:
+    """ChatGLM-6B (first generation) runs as glmtune's own class; vLLM has no implementation of it."""
+    from glmtune.models.convert_chatglm6b import is_chatglm6b
+
+    cfg_file = Path(folder) / "config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    if is_chatglm6b(cfg) or cfg.get("model_type") == "glmtune_chatglm6b":
+        raise VllmError(f"{folder}: ChatGLM-6B runs as glmtune's own model class, which vLLM does not have; "
+                        f"serve it with the default --backend hf")
 
 
 # ---- the folder vLLM loads ----------------------------------------------------------------------------

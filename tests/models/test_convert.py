@@ -95,11 +95,16 @@ def test_unknown_tensor_is_an_error():
         map_tensor("transformer.encoder.layers.0.self_attention.query_key_value.weight", torch.zeros(9, 2), 4, 2)
 
 
-def test_chatglm6b_is_refused(tmp_path):
+def test_chatglm6b_takes_its_own_route(tmp_path):
     from glmtune.models.convert import why_not_convertible
 
-    assert "ChatGLM-6B" in why_not_convertible(REAL / "chatglm-6b")
+    assert why_not_convertible(REAL / "chatglm-6b") is None  # glmtune's native ChatGLM-6B (test_chatglm6b.py)
     assert why_not_convertible(REAL / "chatglm3-6b") is None
+    qe = tmp_path / "qe"
+    qe.mkdir()
+    cfg = json.loads((REAL / "chatglm-6b" / "config.json").read_text())
+    (qe / "config.json").write_text(json.dumps({**cfg, "quantization_bit": 4, "quantization_embeddings": True}))
+    assert "quantization_embeddings" in why_not_convertible(qe)
 
 
 def _env(tmp_path):
@@ -117,7 +122,7 @@ def test_cli_convert(tmp_path):
     assert (tmp_path / "out" / "glmtune_converted.json").exists()
     bad = subprocess.run([sys.executable, "-m", "glmtune", "convert", str(REAL / "chatglm-6b"), str(tmp_path / "x")],
                          capture_output=True, text=True, env=_env(tmp_path), timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "ChatGLM-6B" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no *.safetensors" in bad.stderr
 
 
 def test_loader_converts_on_the_fly(tmp_path, monkeypatch, capsys):
