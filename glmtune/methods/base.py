@@ -50,10 +50,9 @@ class Method:
         raise NotImplementedError
 
     def frozen_weight_bytes(self, facts, st, n_train: int) -> float:
-        """Bytes of the weights that do not train: the base in its load dtype, or as shipped pre-quantised."""
+        """Bytes of the weights that do not train: the base in its load dtype (an INT4/INT8 ChatGLM-6B checkpoint
+        too: glmtune dequantizes it when it converts the checkpoint, models/convert_chatglm6b.py)."""
         n_all = facts.param_count()
-        if facts.quantized_bits and not self.updates_base_weights:
-            return n_all * facts.quantized_bits / 8
         return (n_all - (n_train if self.updates_base_weights else 0)) * st.load_bytes
 
     def extra_activation_elems(self, facts, st) -> float:

@@ -135,7 +135,7 @@ def convert(src: Path, dst: Path, max_shard: str | int = "2GB", dtype: str | Non
     """Write a native ChatGLM-6B folder at `dst` (weights, config, native tokenizer, licenses)."""
     import torch
 
-    from glmtune.export.shards import ShardWriter, parse_size
+    from glmtune.utils.shards import ShardWriter, parse_size
     from glmtune.models.load import load_tokenizer
 
     src, dst = Path(src), Path(dst)

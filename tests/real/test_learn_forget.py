@@ -146,7 +146,7 @@ def test_gguf_in_lora_gguf_out_llama_cpp_answers_like_glmtune(runs, merged, tmp_
     pytest.importorskip("llama_cpp")
     from llama_cpp import Llama
 
-    from glmtune.serve.engine import HFEngine
+    from glmtune.inference.engine import HFEngine
 
     run = runs["gentle"]["run"]
     glmtune("export", "--run", run, "--format", "gguf", "--quant", "f32", "--out", tmp_path / "gguf")
