@@ -51,6 +51,11 @@ def serve_config(args):
 
 
 def run(args) -> int:
+    import os
+
+    # Before torch loads OpenMP: threads that spin at every barrier waste the cores they share with HTTP and
+    # other jobs (see serve/engine_process.py for the figures). A value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cfg = serve_config(args)
     adapters = {**cfg.adapters, **parse_adapters(args.adapter)}
     if args.backend == "vllm":
@@ -65,11 +70,14 @@ def run(args) -> int:
 
     batcher = None
     if cfg.engine_process:  # the engine in its own process: no GIL shared with HTTP (serve/engine_process.py)
-        from glmtune.serve.engine_process import EngineProcess
+        from glmtune.serve.engine_process import EngineProcess, EngineProcessUnavailable
 
-        batcher = EngineProcess(dict(run=args.run, model=args.model, adapters=adapters), cfg, cfg.threads)
-        served, threads = batcher.served_models(), batcher.threads
-    else:
+        try:
+            batcher = EngineProcess(dict(run=args.run, model=args.model, adapters=adapters), cfg, cfg.threads)
+            served, threads = batcher.served_models(), batcher.threads
+        except EngineProcessUnavailable as err:
+            print(f"note: {err}; the engine runs in the HTTP process instead (serve.engine_process=false)")
+    if batcher is None:
         import torch
 
         from glmtune.serve.engine_process import engine_threads

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 
@@ -28,6 +29,10 @@ from glmtune.inference.batching import BatchingEngine, EngineClosed, GenRequest,
 _FIELDS = ("prompt_ids", "max_new_tokens", "temperature", "top_p", "adapter", "min_tokens", "stop", "seed",
            "timeout_s", "prefix_len")
 READY_TIMEOUT_S = 1800  # a large model on a slow disk; the child's own errors come back at once
+
+
+class EngineProcessUnavailable(RuntimeError):
+    """The engine cannot run apart from the HTTP process (`glmtune serve` then runs it in-process, saying so)."""
 
 
 class Front:
@@ -91,9 +96,21 @@ class EngineProcess:
         if kind == "failed":
             self.proc.join(5)
             raise info
+        try:
+            if info["tokenizer"] is None:
+                raise TypeError(info["tokenizer_error"])
+            from transformers.dynamic_module_utils import init_hf_modules
+
+            init_hf_modules()  # a remote-code tokenizer's class lives in transformers_modules
+            tokenizer = pickle.loads(info["tokenizer"])
+        except Exception as err:
+            self._conn.send(("close",))
+            self.proc.join(15)
+            raise EngineProcessUnavailable(f"the tokenizer cannot be sent to the HTTP process "
+                                           f"({type(err).__name__}: {err})") from err
         self.max_batch_size, self.max_queue = cfg.max_batch_size, cfg.max_queue
         self.threads = info["threads"]
-        self.front = Front(info["tokenizer"], info["name"])
+        self.front = Front(tokenizer, info["name"])
         self.names, self.default = info["names"], info["default"]
         self.prefix_cache = _RemotePrefixCache(self) if cfg.prefix_cache_tokens > 0 else None
         self._stats: dict = {"waiting": 0, "running": 0, "served": 0, "cancelled": 0, "errors": 0, "seq": 0}
@@ -273,7 +290,11 @@ def _engine_main(conn, load: dict, cfg: dict, threads: int | None) -> None:
         return
     out = _Outbox(conn, batcher)
     batcher.after_step = out.flush
-    conn.send(("ready", {"tokenizer": served.engine.tokenizer, "name": served.engine.name, "names": served.names,
+    try:
+        tokenizer, tokenizer_error = pickle.dumps(served.engine.tokenizer), None
+    except Exception as err:  # the HTTP process falls back to one process
+        tokenizer, tokenizer_error = None, f"{type(err).__name__}: {err}"
+    conn.send(("ready", {"tokenizer": tokenizer, "tokenizer_error": tokenizer_error, "name": served.engine.name, "names": served.names,
                          "default": served.default, "threads": torch.get_num_threads()}))
     open_reqs: dict[int, GenRequest] = {}
     try:
