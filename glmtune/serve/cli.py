@@ -53,15 +53,15 @@ def serve_config(args):
 def run(args) -> int:
     import os
 
-    # Before torch loads OpenMP: threads that spin at every barrier waste the cores they share with HTTP and
-    # other jobs (see serve/engine_process.py for the figures). A value the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cfg = serve_config(args)
     adapters = {**cfg.adapters, **parse_adapters(args.adapter)}
     if args.backend == "vllm":
         from glmtune.serve.vllm import launch
 
         return launch(args.run, args.model, cfg, adapters)
+    # Before torch loads OpenMP (if nothing loaded it yet): threads that spin at every barrier waste the cores
+    # they share with HTTP and other jobs (figures in serve/engine_process.py). A value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import uvicorn
 
