@@ -23,6 +23,7 @@ import pickle
 import threading
 import time
 
+from glmtune.errors import RunFailure
 from glmtune.inference.batching import BatchingEngine, EngineClosed, GenRequest, QueueFull
 
 # GenRequest fields that travel to the engine process (the rest is state the engine fills in)
@@ -87,12 +88,13 @@ class EngineProcess:
         child.close()
         if not self._conn.poll(READY_TIMEOUT_S):
             self.proc.kill()
-            raise RuntimeError(f"the engine process did not load the model in {READY_TIMEOUT_S} s")
+            raise RunFailure(f"the engine process did not load the model in {READY_TIMEOUT_S} s")
         try:
             kind, info = self._conn.recv()
         except EOFError:
             self.proc.join(5)
-            raise RuntimeError(f"the engine process exited {self.proc.exitcode} while loading the model") from None
+            raise RunFailure(f"the engine process exited (code {self.proc.exitcode}) while loading the model; "
+                             "is there enough memory?") from None
         if kind == "failed":
             self.proc.join(5)
             raise info
@@ -294,8 +296,8 @@ def _engine_main(conn, load: dict, cfg: dict, threads: int | None) -> None:
         tokenizer, tokenizer_error = pickle.dumps(served.engine.tokenizer), None
     except Exception as err:  # the HTTP process falls back to one process
         tokenizer, tokenizer_error = None, f"{type(err).__name__}: {err}"
-    conn.send(("ready", {"tokenizer": tokenizer, "tokenizer_error": tokenizer_error, "name": served.engine.name, "names": served.names,
-                         "default": served.default, "threads": torch.get_num_threads()}))
+    conn.send(("ready", {"tokenizer": tokenizer, "tokenizer_error": tokenizer_error, "name": served.engine.name,
+                         "names": served.names, "default": served.default, "threads": torch.get_num_threads()}))
     open_reqs: dict[int, GenRequest] = {}
     try:
         while True:
