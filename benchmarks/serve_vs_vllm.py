@@ -2,7 +2,7 @@
 
 Both servers are started the way a user starts them (`glmtune serve --model M` and
 `glmtune serve --backend vllm --model M`, both on 127.0.0.1, batch 16) and stay up; for every
-concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round.
+concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round, each after both servers are idle (`settle`).
 Each client streams its answers (SSE, `stream_options.include_usage`), so the script records req/s, output
 tokens/s, latency p50/p95 and time to first token (TTFT) p50/p95; greedy (temperature 0) with a fixed
 max_tokens. vLLM gets glmtune's own rendered prompt ids (`chat_ids`, the model's chat template) on
@@ -151,6 +151,19 @@ def vllm_binding(log: Path) -> str:
             f"kept for its API server and engine core")
 
 
+def settle(servers: list, quiet: float = 0.1, most_s: float = 10.0) -> float:
+    """Wait until no server uses more than `quiet` cores (vLLM's engine core and worker keep about one core busy
+    for a second after a level, longer than a tiny level lasts, which the engine measured next would pay for).
+    Returns the seconds waited."""
+    t0 = time.time()
+    while time.time() - t0 < most_s:
+        c0 = [s.cpu_s() for s in servers]
+        time.sleep(0.25)
+        if sum(s.cpu_s() - c for s, c in zip(servers, c0)) / 0.25 < quiet:
+            break
+    return round(time.time() - t0, 2)
+
+
 def check_ids(server: "Server", prompts: list[list[int]]) -> int:
     """vLLM reports the prompt ids it computed on (`return_token_ids`): they must be glmtune's, exactly.
     Returns how many prompts were checked; raises on the first difference."""
@@ -279,9 +292,10 @@ def main() -> None:
                     prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
                     rendered = render(prompts) if render else None  # outside the timed part
                     for s in (servers if rnd % 2 == 0 else servers[::-1]):
+                        settled = settle(servers)
                         load0, cpu0 = round(os.getloadavg()[0], 2), s.cpu_s()
                         r = asyncio.run(level(s, rendered if s.render else prompts, c, n, args.max_tokens))
-                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2),
+                        r.update(engine=s.label, round=rnd, settle_s=settled, load_before=load0, load_after=round(os.getloadavg()[0], 2),
                                  server_cpu_s=round(s.cpu_s() - cpu0, 2))
                         rows.append(r)
                         print(f"{wl:<8} {s.label:<8} c{c:<3} {r['req_per_s']:>7.2f} req/s {r['output_tokens_per_s']:>8.1f} "
