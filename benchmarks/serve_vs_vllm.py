@@ -2,7 +2,8 @@
 
 Both servers are started the way a user starts them (`glmtune serve --model M` and
 `glmtune serve --backend vllm --model M`, both on 127.0.0.1, batch 16) and stay up; for every
-concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round, each after both servers are idle (`settle`).
+concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round, each
+level once both servers are idle (`settle`).
 Each client streams its answers (SSE, `stream_options.include_usage`), so the script records req/s, output
 tokens/s, latency p50/p95 and time to first token (TTFT) p50/p95; greedy (temperature 0) with a fixed
 max_tokens. vLLM gets glmtune's own rendered prompt ids (`chat_ids`, the model's chat template) on
