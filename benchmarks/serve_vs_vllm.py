@@ -2,7 +2,8 @@
 
 Both servers are started the way a user starts them (`glmtune serve --model M` and
 `glmtune serve --backend vllm --model M`, both on 127.0.0.1, batch 16) and stay up; for every
-concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round.
+concurrency level (1, 4, 16 clients) the two are measured back to back, the order swapped each round, each
+level once both servers are idle (`settle`).
 Each client streams its answers (SSE, `stream_options.include_usage`), so the script records req/s, output
 tokens/s, latency p50/p95 and time to first token (TTFT) p50/p95; greedy (temperature 0) with a fixed
 max_tokens. vLLM gets glmtune's own rendered prompt ids (`chat_ids`, the model's chat template) on
@@ -138,6 +139,32 @@ async def one(client, url: str, model: str, prompt: list, max_tokens: int) -> di
             "text": "".join(text)}
 
 
+def vllm_binding(log: Path) -> str:
+    """vLLM-CPU's thread binding, as its log states it (`OpenMP thread binding info`)."""
+    import re
+
+    text = log.read_text(errors="replace")
+    cores = re.findall(r"local_rank=\d+, core ids=(\[[^\]]*\])", text)
+    reserved = re.findall(r"reserved_cpus=(\[[^\]]*\])", text)
+    if not cores:
+        return "binding not found in its log"
+    return (f"worker compute threads on cores {', '.join(cores)}, cores {reserved[-1] if reserved else '[]'} "
+            f"kept for its API server and engine core")
+
+
+def settle(servers: list, quiet: float = 0.1, most_s: float = 10.0) -> float:
+    """Wait until no server uses more than `quiet` cores (vLLM's engine core and worker keep about one core busy
+    for a second after a level, longer than a tiny level lasts, which the engine measured next would pay for).
+    Returns the seconds waited."""
+    t0 = time.time()
+    while time.time() - t0 < most_s:
+        c0 = [s.cpu_s() for s in servers]
+        time.sleep(0.25)
+        if sum(s.cpu_s() - c for s, c in zip(servers, c0)) / 0.25 < quiet:
+            break
+    return round(time.time() - t0, 2)
+
+
 def check_ids(server: "Server", prompts: list[list[int]]) -> int:
     """vLLM reports the prompt ids it computed on (`return_token_ids`): they must be glmtune's, exactly.
     Returns how many prompts were checked; raises on the first difference."""
@@ -214,6 +241,9 @@ def main() -> None:
     ap.add_argument("--vllm-prompt", choices=("ids", "chat"), default="ids",
                     help="ids: vLLM gets glmtune's rendered prompt ids on /completions (the same tokens, checked); "
                          "chat: vLLM renders the chat template itself")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="glmtune's serve.threads (default: the physical cores, as `glmtune serve` without "
+                         "$OMP_NUM_THREADS); vLLM binds its own (VLLM_CPU_OMP_THREADS_BIND=auto), read from its log")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -224,9 +254,13 @@ def main() -> None:
               f"serve.max_new_tokens={max(args.max_tokens, 64)}"]
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    import psutil
+
+    threads = args.threads or psutil.cpu_count(logical=False) or 1
     servers = []
     try:
-        servers.append(Server("glmtune", ["--model", args.model, *common], out / "serve_vs_vllm.glmtune.log", env))
+        servers.append(Server("glmtune", ["--model", args.model, *common, f"serve.threads={threads}"],
+                              out / "serve_vs_vllm.glmtune.log", env))
         render = None
         if args.vllm_prompt == "ids":
             from glmtune.models.load import load_tokenizer, resolve_path
@@ -238,9 +272,12 @@ def main() -> None:
                 return prompt_token_ids(tokenizer, conversations)
         servers.append(Server("vllm", ["--backend", "vllm", "--model", args.model, *common],
                               out / "serve_vs_vllm.vllm.log", env, render=render))
-        print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s", flush=True)
+        budget = {"glmtune": f"{threads} torch thread(s) in its engine process (serve.threads), HTTP in another",
+                  "vllm": vllm_binding(out / "serve_vs_vllm.vllm.log")}
+        print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s; "
+              f"{os.cpu_count()} CPUs; glmtune: {budget['glmtune']}; vLLM: {budget['vllm']}", flush=True)
         record = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds,
-                  "omp_threads": env["OMP_NUM_THREADS"], "startup_s": {s.label: s.startup_s for s in servers},
+                  "cpus": os.cpu_count(), "thread_budget": budget, "startup_s": {s.label: s.startup_s for s in servers},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm_prompt": args.vllm_prompt, "workloads": {}}
         for wl in args.workloads.split(","):
             n = args.grading_requests if wl == "grading" else args.requests
@@ -256,9 +293,10 @@ def main() -> None:
                     prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
                     rendered = render(prompts) if render else None  # outside the timed part
                     for s in (servers if rnd % 2 == 0 else servers[::-1]):
+                        settled = settle(servers)
                         load0, cpu0 = round(os.getloadavg()[0], 2), s.cpu_s()
                         r = asyncio.run(level(s, rendered if s.render else prompts, c, n, args.max_tokens))
-                        r.update(engine=s.label, round=rnd, load_before=load0, load_after=round(os.getloadavg()[0], 2),
+                        r.update(engine=s.label, round=rnd, settle_s=settled, load_before=load0, load_after=round(os.getloadavg()[0], 2),
                                  server_cpu_s=round(s.cpu_s() - cpu0, 2))
                         rows.append(r)
                         print(f"{wl:<8} {s.label:<8} c{c:<3} {r['req_per_s']:>7.2f} req/s {r['output_tokens_per_s']:>8.1f} "

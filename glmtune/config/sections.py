@@ -115,6 +115,10 @@ class ServeSection(Section):
     prefix_cache_tokens: int = Field(32768, ge=0, description="KV of prompt prefixes up to the last message boundary "
                                      "(system prompt, earlier turns) kept for reuse, in tokens; 0 turns it off.")
     request_timeout_s: float = Field(120.0, gt=0, description="Requests running longer are cut (finish_reason=timeout).")
+    threads: int | None = Field(None, ge=1, description="torch threads of the engine (intra-op). Default: "
+                                "$OMP_NUM_THREADS if set, else the physical cores.")
+    engine_process: bool = Field(True, description="Run the batching engine in a process of its own, apart from the "
+                                 "HTTP server (no GIL shared between them); false: one process, two threads.")
     adapters: dict[str, str] = Field(default_factory=dict, description="Named LoRA adapters: {name: run or adapter folder}.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none by default).")
     vllm_python: str | None = Field(None, description="--backend vllm: python of vLLM's environment "

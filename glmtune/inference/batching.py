@@ -128,6 +128,8 @@ class BatchingEngine:
         self.served = self.errors = self.max_batch_seen = self.cancelled = 0
         self.kv_builds = self.kv_joins_in_place = 0  # batch caches built from scratch / rows written into free slots
         self._count_lock = threading.Lock()  # _finish runs on the scheduler thread and in cancel()
+        # called on the scheduler thread after every step (serve/engine_process.py sends the step's events)
+        self.after_step: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="glmtune-batching", daemon=True)
         self._thread.start()
 
@@ -207,6 +209,8 @@ class BatchingEngine:
                     if req.finish_reason is None:
                         self._finish(req, error=f"{type(err).__name__}: {err}")
                 self._rows, self._cache, self._mask, self._maskbuf = [], None, None, None
+            if self.after_step is not None:
+                self.after_step()
         for req in list(self._waiting) + [r.req for r in self._rows]:
             self._finish(req, error="the engine is shutting down")
 

@@ -248,17 +248,31 @@ async def _sse(batcher, reqs: list[GenRequest], events: asyncio.Queue, cid: str,
         for i in range(len(reqs)):
             yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}, index=i))
         pending, failed = set(range(len(reqs))), False
-        while pending:
-            i, (kind, payload) = await events.get()
-            if kind == "delta":
-                yield line(P.chunk_body(cid, model, {"content": payload}, index=i))
-            elif kind == "error":
-                yield line(P.error_body(f"generation failed: {payload}", "server_error"))
-                failed = True
-                break
-            else:
-                yield line(P.chunk_body(cid, model, {}, finish=payload, index=i))
-                pending.discard(i)
+        while pending and not failed:
+            # Everything already queued goes out in one write, a choice's consecutive deltas in one chunk: when
+            # this side falls behind the engine (many streams), it sends fewer, longer chunks (as vLLM does)
+            # instead of one chunk and one write per token. The text is the same.
+            batch = [await events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            merged: list = []
+            for i, (kind, payload) in batch:
+                if kind == "delta" and merged and merged[-1][0] == i and merged[-1][1] == "delta":
+                    merged[-1][2] += payload
+                else:
+                    merged.append([i, kind, payload])
+            out = []
+            for i, kind, payload in merged:
+                if kind == "delta":
+                    out.append(line(P.chunk_body(cid, model, {"content": payload}, index=i)))
+                elif kind == "error":
+                    out.append(line(P.error_body(f"generation failed: {payload}", "server_error")))
+                    failed = True
+                    break
+                else:
+                    out.append(line(P.chunk_body(cid, model, {}, finish=payload, index=i)))
+                    pending.discard(i)
+            yield "".join(out)
         if include_usage and not failed:
             use = P.usage(n_prompt, sum(_completion_tokens(r) for r in reqs))
             yield line(P.chunk_body(cid, model, None, use=use))

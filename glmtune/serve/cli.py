@@ -51,25 +51,46 @@ def serve_config(args):
 
 
 def run(args) -> int:
+    import os
+
     cfg = serve_config(args)
     adapters = {**cfg.adapters, **parse_adapters(args.adapter)}
     if args.backend == "vllm":
         from glmtune.serve.vllm import launch
 
         return launch(args.run, args.model, cfg, adapters)
+    # Before torch loads OpenMP (if nothing loaded it yet): threads that spin at every barrier waste the cores
+    # they share with HTTP and other jobs (figures in serve/engine_process.py). A value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import uvicorn
 
     from glmtune.serve.api import create_app
     from glmtune.serve.loading import load_served
 
-    served = load_served(run=args.run, model=args.model, adapters=adapters)
-    app = create_app(served, cfg)
+    batcher = None
+    if cfg.engine_process:  # the engine in its own process: no GIL shared with HTTP (serve/engine_process.py)
+        from glmtune.serve.engine_process import EngineProcess, EngineProcessUnavailable
+
+        try:
+            batcher = EngineProcess(dict(run=args.run, model=args.model, adapters=adapters), cfg, cfg.threads)
+            served, threads = batcher.served_models(), batcher.threads
+        except EngineProcessUnavailable as err:
+            print(f"note: {err}; the engine runs in the HTTP process instead (serve.engine_process=false)")
+    if batcher is None:
+        import torch
+
+        from glmtune.serve.engine_process import engine_threads
+
+        torch.set_num_threads(engine_threads(cfg.threads))
+        served, threads = load_served(run=args.run, model=args.model, adapters=adapters), torch.get_num_threads()
+    app = create_app(served, cfg, batcher=batcher)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}: the API is reachable from other machines"
               + ("" if cfg.api_key else " and has no serve.api_key"))
     print(f"serving {sorted(served.names)} on http://{cfg.host}:{cfg.port}/v1 "
-          f"(batch {cfg.max_batch_size}, queue {cfg.max_queue})")
+          f"(batch {cfg.max_batch_size}, queue {cfg.max_queue}, {threads} torch thread{'s' * (threads != 1)}"
+          f"{', engine process' if batcher is not None else ''})", flush=True)
     # No uvicorn limit_concurrency: it answers a plain-text 503 without Retry-After (and counts idle
     # keep-alive connections); the app's own ConcurrencyLimit answers overload in OpenAI's JSON shape.
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
