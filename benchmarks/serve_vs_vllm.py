@@ -9,8 +9,13 @@ tokens/s, latency p50/p95 and time to first token (TTFT) p50/p95; greedy (temper
 max_tokens. vLLM gets glmtune's own rendered prompt ids (`chat_ids`, the model's chat template) on
 `/completions` (`--vllm-prompt ids`, the default), and the warm-up prompts' ids vLLM reports back
 (`return_token_ids`) are checked equal, so both engines compute on the same tokens; `--vllm-prompt chat`
-lets vLLM render the template itself. The answers of the two engines are compared (vLLM keeps the
-newline GLM emits after <|assistant|>, glmtune's engine drops it: compared without it).
+lets vLLM render the template itself. Both servers are asked for the ids they compute on and generate
+(`return_token_ids`, vLLM's extension, which glmtune serves too), and the answers of the two engines are compared
+token for token and as text (vLLM keeps the newline GLM emits after <|assistant|>, glmtune's engine drops it:
+texts are compared without it). Where the tokens are equal and the texts are not, the table says how many of those
+texts are vLLM's a prefix of glmtune's: vLLM's detokenizer holds back text whose decoding ends in an incomplete
+UTF-8 character and does not send it when the answer ends; glmtune sends it and drops only the incomplete
+character itself, as `tokenizer.decode(...).rstrip("\ufffd")`.
 
 Workloads:
   tiny     the built-in short chat prompts (`glmtune bench`'s defaults)
@@ -21,7 +26,9 @@ Workloads:
     glmtune demo && glmtune export --run runs/demo              # a tiny model that answers in the grading format
     python benchmarks/serve_vs_vllm.py --model runs/demo/export --requests 48 --grading-requests 16
 
-Needs `make vllm`. The 1-minute load average is recorded before and after each measurement.
+Needs `make vllm`. The 1-minute load average is recorded before and after each measurement. `--busy N` runs N
+busy-loop processes for the whole benchmark, a reproducible stand-in for the other jobs of a shared machine (these
+2-core machines often have one core busy).
 """
 
 from __future__ import annotations
@@ -113,11 +120,11 @@ async def one(client, url: str, model: str, prompt: list, max_tokens: int) -> di
     """One streamed request: chat messages to `/chat/completions`, or token ids (glmtune's rendering) to
     `/completions`."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, "return_token_ids": True}
     ids = bool(prompt) and isinstance(prompt[0], int)
     body.update({"prompt": prompt} if ids else {"messages": prompt})
     t0 = time.perf_counter()
-    ttft, text, usage = None, [], None
+    ttft, text, usage, token_ids = None, [], None, []
     async with client.stream("POST", f"{url}/{'completions' if ids else 'chat/completions'}", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
@@ -128,6 +135,7 @@ async def one(client, url: str, model: str, prompt: list, max_tokens: int) -> di
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or []:
+                token_ids += choice.get("token_ids") or []
                 piece = choice.get("text") if ids else (choice.get("delta") or {}).get("content")
                 if piece:
                     if ttft is None:
@@ -135,8 +143,10 @@ async def one(client, url: str, model: str, prompt: list, max_tokens: int) -> di
                     text.append(piece)
     if usage is None:
         raise RuntimeError("no usage in the stream")
+    if len(token_ids) != usage["completion_tokens"]:
+        raise RuntimeError(f"{len(token_ids)} token ids streamed, usage says {usage['completion_tokens']}")
     return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": usage["completion_tokens"],
-            "text": "".join(text)}
+            "text": "".join(text), "ids": token_ids}
 
 
 def vllm_binding(log: Path) -> str:
@@ -165,19 +175,22 @@ def settle(servers: list, quiet: float = 0.1, most_s: float = 10.0) -> float:
     return round(time.time() - t0, 2)
 
 
-def check_ids(server: "Server", prompts: list[list[int]]) -> int:
-    """vLLM reports the prompt ids it computed on (`return_token_ids`): they must be glmtune's, exactly.
+def check_ids(server: "Server", prompts: list, rendered: list[list[int]]) -> int:
+    """Each server reports the prompt ids it computed on (`return_token_ids`): vLLM those it was sent, glmtune
+    those it rendered from the chat messages. They must be the ids glmtune's `chat_ids` renders, exactly.
     Returns how many prompts were checked; raises on the first difference."""
     import httpx
 
-    for i, ids in enumerate(prompts):
-        r = httpx.post(f"{server.url}/completions", json={"model": server.model, "prompt": ids, "max_tokens": 1,
-                                                           "temperature": 0, "return_token_ids": True},
+    for i, (prompt, ids) in enumerate(zip(prompts, rendered, strict=True)):
+        chat = not isinstance(prompt[0], int)
+        r = httpx.post(f"{server.url}/{'chat/completions' if chat else 'completions'}",
+                       json={"model": server.model, "max_tokens": 1, "temperature": 0, "return_token_ids": True,
+                             **({"messages": prompt} if chat else {"prompt": prompt})},
                        timeout=600, trust_env=False)
         r.raise_for_status()
-        got = r.json()["choices"][0].get("prompt_token_ids")
+        got = r.json().get("prompt_token_ids") if chat else r.json()["choices"][0].get("prompt_token_ids")
         if got != ids:
-            raise RuntimeError(f"prompt {i}: vLLM computed on other ids than glmtune rendered "
+            raise RuntimeError(f"prompt {i}: {server.label} computed on other ids than glmtune's chat_ids renders "
                                f"({len(got or [])} vs {len(ids)} tokens)")
     return len(prompts)
 
@@ -212,7 +225,8 @@ async def level(server: Server, prompts: list, clients: int, n: int, max_tokens:
             "output_tokens_per_s": round(tokens / wall, 1), "output_tokens": tokens,
             "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95),
             "ttft_p50_s": pct(ttft, 50), "ttft_p95_s": pct(ttft, 95),
-            "texts": {i: results[i]["text"] for i in sorted(results) if i < len(prompts)}}
+            "texts": {i: results[i]["text"] for i in sorted(results) if i < len(prompts)},
+            "ids": {i: results[i]["ids"] for i in sorted(results) if i < len(prompts)}}
 
 
 def workload_prompts(name: str, n: int, seed: int = 0) -> list[list[dict]]:
@@ -244,6 +258,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="glmtune's serve.threads (default: the physical cores, as `glmtune serve` without "
                          "$OMP_NUM_THREADS); vLLM binds its own (VLLM_CPU_OMP_THREADS_BIND=auto), read from its log")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="busy-loop processes kept running throughout (a machine whose cores are shared)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -258,40 +274,40 @@ def main() -> None:
 
     threads = args.threads or psutil.cpu_count(logical=False) or 1
     servers = []
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
         servers.append(Server("glmtune", ["--model", args.model, *common, f"serve.threads={threads}"],
                               out / "serve_vs_vllm.glmtune.log", env))
-        render = None
-        if args.vllm_prompt == "ids":
-            from glmtune.models.load import load_tokenizer, resolve_path
-            from glmtune.serve.vllm import prompt_token_ids
+        from glmtune.models.load import load_tokenizer, resolve_path
+        from glmtune.serve.vllm import prompt_token_ids
 
-            tokenizer = load_tokenizer(resolve_path(args.model))  # the model folder's, as `glmtune serve` loads it
+        tokenizer = load_tokenizer(resolve_path(args.model))  # the model folder's, as `glmtune serve` loads it
 
-            def render(conversations):
-                return prompt_token_ids(tokenizer, conversations)
+        def render(conversations):
+            return prompt_token_ids(tokenizer, conversations)
         servers.append(Server("vllm", ["--backend", "vllm", "--model", args.model, *common],
-                              out / "serve_vs_vllm.vllm.log", env, render=render))
+                              out / "serve_vs_vllm.vllm.log", env,
+                              render=render if args.vllm_prompt == "ids" else None))
         budget = {"glmtune": f"{threads} torch thread(s) in its engine process (serve.threads), HTTP in another",
                   "vllm": vllm_binding(out / "serve_vs_vllm.vllm.log")}
         print(f"start-up: glmtune {servers[0].startup_s} s, vLLM {servers[1].startup_s} s; "
               f"{os.cpu_count()} CPUs; glmtune: {budget['glmtune']}; vLLM: {budget['vllm']}", flush=True)
         record = {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds,
                   "cpus": os.cpu_count(), "thread_budget": budget, "startup_s": {s.label: s.startup_s for s in servers},
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm_prompt": args.vllm_prompt, "workloads": {}}
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "vllm_prompt": args.vllm_prompt, "busy": args.busy,
+                  "workloads": {}}
         for wl in args.workloads.split(","):
             n = args.grading_requests if wl == "grading" else args.requests
             warm = workload_prompts(wl, 4, seed=999)
             checked = 0
             for s in servers:  # warm-up: start-up costs, and both prefix caches see the shared system prompt once
-                if s.render:
-                    checked += check_ids(s, s.render(warm))
+                checked += check_ids(s, s.render(warm) if s.render else warm, render(warm))
                 asyncio.run(level(s, s.render(warm) if s.render else warm, 2, 4, args.max_tokens))
             rows = []
             for li, c in enumerate(levels):
                 for rnd in range(args.rounds):
                     prompts = workload_prompts(wl, n, seed=li * args.rounds + rnd)
-                    rendered = render(prompts) if render else None  # outside the timed part
+                    rendered = render(prompts)  # outside the timed part
                     for s in (servers if rnd % 2 == 0 else servers[::-1]):
                         settled = settle(servers)
                         load0, cpu0 = round(os.getloadavg()[0], 2), s.cpu_s()
@@ -304,21 +320,37 @@ def main() -> None:
                               f"TTFT p50 {r['ttft_p50_s'] or 0:.3f} server CPU {r['server_cpu_s']:.1f} s "
                               f"errors {r['errors']} {r['error_samples'][:1]} "
                               f"load {load0}", flush=True)
-            same = differ = 0
-            for c in levels:
-                g = next(r for r in rows if r["engine"] == "glmtune" and r["clients"] == c)["texts"]
-                v = next(r for r in rows if r["engine"] == "vllm" and r["clients"] == c)["texts"]
-                for i in g.keys() & v.keys():
-                    same, differ = (same + 1, differ) if v[i].lstrip("\n") == g[i] else (same, differ + 1)
-            record["workloads"][wl] = {"prompts": len(prompts), "rows": rows, "answers_equal": same,
-                                       "answers_differ": differ, "vllm_prompt_ids_checked_equal": checked}
+            record["workloads"][wl] = {"prompts": len(prompts), "rows": rows, **compare(rows),
+                                       "prompt_ids_checked_equal": checked}
     finally:
         for s in servers:
             s.stop()
+        for p in busy:
+            p.kill()
     print()
     print(table(record))
     (out / "serve_vs_vllm.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out / 'serve_vs_vllm.json'}")
+
+
+def compare(rows: list[dict]) -> dict:
+    """The two engines' answers to the same prompts (same level, same round), token for token and as text.
+    `text_prefix`: answers with equal tokens whose vLLM text is a prefix of glmtune's (vLLM's detokenizer does not
+    send a held-back tail that decodes to an incomplete character); `differ_samples`: a few answers that differ."""
+    n = tokens = texts = prefix = 0
+    samples = []
+    for g in (r for r in rows if r["engine"] == "glmtune"):
+        v = next(r for r in rows if r["engine"] == "vllm" and (r["clients"], r["round"]) == (g["clients"], g["round"]))
+        for i in g["ids"].keys() & v["ids"].keys():
+            same_ids, vt, gt = g["ids"][i] == v["ids"][i], v["texts"][i].lstrip("\n"), g["texts"][i]
+            n, tokens, texts = n + 1, tokens + same_ids, texts + (vt == gt)
+            if same_ids and vt != gt and gt.startswith(vt):
+                prefix += 1
+            if (not same_ids or vt != gt) and len(samples) < 4:
+                samples.append({"clients": g["clients"], "round": g["round"], "prompt": i, "glmtune": gt, "vllm": vt,
+                                "tokens_equal": same_ids, "glmtune_ids": g["ids"][i], "vllm_ids": v["ids"][i]})
+    return {"answers": n, "tokens_equal": tokens, "texts_equal": texts, "text_prefix": prefix,
+            "differ_samples": samples}
 
 
 def table(record: dict) -> str:
@@ -342,8 +374,9 @@ def table(record: dict) -> str:
                          f"{avg('vllm', 'latency_p95_s'):.3f} | {avg('glmtune', 'ttft_p50_s'):.3f} | "
                          f"{avg('vllm', 'ttft_p50_s'):.3f} | {avg('glmtune', 'server_cpu_s') / n(c):.3f} | "
                          f"{avg('vllm', 'server_cpu_s') / n(c):.3f} |")
-        lines.append(f"| {wl} | answers equal | {w['answers_equal']} of {w['answers_equal'] + w['answers_differ']} "
-                     f"| | | | | | | | | | |")
+        lines.append(f"| {wl} | answers: tokens equal {w['tokens_equal']} of {w['answers']}, texts equal "
+                     f"{w['texts_equal']} (of the others, {w['text_prefix']} with equal tokens and vLLM's text a "
+                     f"prefix of glmtune's) | | | | | | | | | | | |")
     return "\n".join(lines)
 
 

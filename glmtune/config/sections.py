@@ -117,6 +117,9 @@ class ServeSection(Section):
     request_timeout_s: float = Field(120.0, gt=0, description="Requests running longer are cut (finish_reason=timeout).")
     threads: int | None = Field(None, ge=1, description="torch threads of the engine (intra-op). Default: "
                                 "$OMP_NUM_THREADS if set, else the physical cores.")
+    adapt_threads: bool = Field(True, description="While other jobs keep cores busy, the engine uses fewer of its "
+                                "threads (at least 1), checked every second: an OpenMP thread sharing a core with "
+                                "another job makes every op wait for it.")
     engine_process: bool = Field(True, description="Run the batching engine in a process of its own, apart from the "
                                  "HTTP server (no GIL shared between them); false: one process, two threads.")
     adapters: dict[str, str] = Field(default_factory=dict, description="Named LoRA adapters: {name: run or adapter folder}.")

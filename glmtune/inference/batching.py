@@ -67,7 +67,8 @@ class GenRequest:
     # (kind, payload): ("delta", text) ... then ("done", finish_reason) or ("error", message)
     sink: Callable[[tuple[str, object]], None] | None = None
     prefix_len: int = 0  # prompt tokens up to the last message boundary: their KV may be cached for later requests
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated, without the stop token
+    stop_token: int | None = None  # the stop token that ended the answer (generated too: usage counts it)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     text: str = ""
     finish_reason: str | None = None
@@ -130,6 +131,8 @@ class BatchingEngine:
         self._count_lock = threading.Lock()  # _finish runs on the scheduler thread and in cancel()
         # called on the scheduler thread after every step (serve/engine_process.py sends the step's events)
         self.after_step: Callable[[], None] | None = None
+        # called on the scheduler thread before each step (torch's thread count is per thread: serve/threads.py)
+        self.before_step: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="glmtune-batching", daemon=True)
         self._thread.start()
 
@@ -196,6 +199,8 @@ class BatchingEngine:
                 if self._closed:
                     break
                 admitted = self._admit()
+            if self.before_step is not None:
+                self.before_step()
             try:
                 with self.engine.lock, self._torch.inference_mode(), self._adapter_ctx():
                     if admitted:
@@ -417,7 +422,7 @@ class BatchingEngine:
         for r, tok in zip(rows, nxt):
             req, reason, hit = r.req, None, False
             if tok in self.stop_ids:
-                reason = "stop"
+                reason, req.stop_token = "stop", tok
             else:
                 req.tokens.append(tok)
                 r.last = tok

@@ -126,7 +126,7 @@ class HFEngine:
                 reason = "length" if len(new) >= max_new_tokens else "stop"
             # a trailing incomplete UTF-8 character is dropped, as the batching engine and streaming do
             text = self.tokenizer.decode(new, skip_special_tokens=True).rstrip("\ufffd")
-            results.append(Completion(text.strip(), len(p), len(new) + (1 if reason == "stop" else 0), reason))
+            results.append(Completion(text.strip(), len(p), len(new) + (stop_at is not None), reason))
         return results
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
@@ -194,7 +194,7 @@ class HFEngine:
         out = []
         for p, req in zip(prompts, reqs):
             reason = req.finish_reason if req.finish_reason in ("stop", "length") else "stop"
-            out.append(Completion(req.text.strip(), len(p), len(req.tokens) + (1 if reason == "stop" else 0), reason))
+            out.append(Completion(req.text.strip(), len(p), len(req.tokens) + (req.stop_token is not None), reason))
         return out
 
     def _stream_batched(self, prompt, max_new_tokens, temperature, top_p) -> Iterator[str]:

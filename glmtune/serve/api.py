@@ -201,7 +201,8 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
         cid = P.new_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(batcher, reqs, events, cid, public, len(ids), include_usage),
+            return StreamingResponse(_sse(batcher, reqs, events, cid, public, len(ids), include_usage,
+                                          ids if body.return_token_ids else None),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         # A plain (non-streaming) client that goes away is noticed here, not by the server: nothing is sent
         # until the end, so poll for the disconnect while waiting and free the requests' batch slots.
@@ -229,24 +230,35 @@ def create_app(served, cfg=None, batcher: BatchingEngine | None = None) -> FastA
                 if req.finish_reason is None:
                     batcher.cancel(req)
         return P.completion_body(cid, public, [(r.text, r.finish_reason) for r in reqs], len(ids),
-                                 sum(_completion_tokens(r) for r in reqs))
+                                 sum(_completion_tokens(r) for r in reqs), *(
+                                     (ids, [_generated_ids(r) for r in reqs]) if body.return_token_ids else ()))
 
     return app
 
 
+def _generated_ids(req: GenRequest) -> list[int]:
+    """The ids a choice generated: the stop token the model produced is one of them (vLLM's `token_ids`);
+    an answer ended by a stop string ends on the token that completed it."""
+    return req.tokens + ([req.stop_token] if req.stop_token is not None else [])
+
+
 def _completion_tokens(req: GenRequest) -> int:
     # The stop token the model produced counts as generated, as in OpenAI's and vLLM's usage.
-    return len(req.tokens) + (1 if req.finish_reason == "stop" else 0)
+    return len(_generated_ids(req))
 
 
 async def _sse(batcher, reqs: list[GenRequest], events: asyncio.Queue, cid: str, model: str, n_prompt: int,
-               include_usage: bool):
+               include_usage: bool, prompt_ids: list[int] | None = None):
+    """SSE chunks. With `return_token_ids` (`prompt_ids` given): the first chunk carries the prompt's ids, and a
+    choice's finish chunk carries all the ids it generated (the deltas before it carry none: the engine hands
+    them over with the finish), so the ids of a choice's chunks add up to the non-streamed `token_ids`."""
     def line(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     try:
         for i in range(len(reqs)):
-            yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}, index=i))
+            yield line(P.chunk_body(cid, model, {"role": "assistant", "content": ""}, index=i,
+                                    prompt_ids=prompt_ids if i == 0 else None))
         pending, failed = set(range(len(reqs))), False
         while pending and not failed:
             # Everything already queued goes out in one write, a choice's consecutive deltas in one chunk: when
@@ -270,7 +282,8 @@ async def _sse(batcher, reqs: list[GenRequest], events: asyncio.Queue, cid: str,
                     failed = True
                     break
                 else:
-                    out.append(line(P.chunk_body(cid, model, {}, finish=payload, index=i)))
+                    out.append(line(P.chunk_body(cid, model, {}, finish=payload, index=i, token_ids=(
+                        _generated_ids(reqs[i]) if prompt_ids is not None else None))))
                     pending.discard(i)
             yield "".join(out)
         if include_usage and not failed:

@@ -212,7 +212,7 @@ class EngineProcess:
                     self._reqs.pop(rid, None)
                     self._rid.pop(id(req), None)
                     if extra is not None:
-                        req.text, req.tokens, req.cached_tokens = extra
+                        req.text, req.tokens, req.cached_tokens, req.stop_token = extra
                     req.finish_reason = ev[1] if ev[0] == "done" else "error"
                 if req.sink:
                     req.sink(ev)
@@ -256,7 +256,8 @@ class _Outbox:
 
     def sink(self, rid: int, req: GenRequest):
         def put(ev):
-            extra = (req.text, list(req.tokens), req.cached_tokens) if ev[0] in ("done", "error") else None
+            extra = ((req.text, list(req.tokens), req.cached_tokens, req.stop_token) if ev[0] in ("done", "error")
+                     else None)
             with self.lock:
                 self.events.append((rid, ev, extra))
         return put
@@ -292,6 +293,10 @@ def _engine_main(conn, load: dict, cfg: dict, threads: int | None) -> None:
         return
     out = _Outbox(conn, batcher)
     batcher.after_step = out.flush
+    if cfg.adapt_threads and torch.get_num_threads() > 1:
+        from glmtune.serve.threads import ThreadGovernor
+
+        batcher.before_step = ThreadGovernor(torch.get_num_threads(), also_mine=(os.getppid(),)).step
     try:
         tokenizer, tokenizer_error = pickle.dumps(served.engine.tokenizer), None
     except Exception as err:  # the HTTP process falls back to one process

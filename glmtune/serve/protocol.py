@@ -77,6 +77,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     min_tokens: int = Field(0, ge=0)  # vLLM extension: no stop token before this many tokens
+    # vLLM extension: the prompt's ids (`prompt_token_ids`) and each choice's generated ids (`token_ids`, the stop
+    # token included), so engines can be compared token for token where their texts legitimately differ
+    return_token_ids: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -129,18 +132,30 @@ def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_body(cid: str, model: str, choices: list[tuple[str, str]], prompt: int, completion: int) -> dict:
-    """`choices`: (text, finish_reason) per choice; `completion`: tokens of all choices (OpenAI's usage)."""
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+def completion_body(cid: str, model: str, choices: list[tuple[str, str]], prompt: int, completion: int,
+                    prompt_ids: list[int] | None = None, choice_ids: list[list[int]] | None = None) -> dict:
+    """`choices`: (text, finish_reason) per choice; `completion`: tokens of all choices (OpenAI's usage).
+    With `return_token_ids`: `prompt_ids` and each choice's generated ids (vLLM's `prompt_token_ids` and
+    `token_ids`)."""
+    body = {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                         for i, (text, finish) in enumerate(choices)],
             "usage": usage(prompt, completion)}
+    if prompt_ids is not None:
+        body["prompt_token_ids"] = prompt_ids
+    for choice, ids in zip(body["choices"], choice_ids or []):
+        choice["token_ids"] = ids
+    return body
 
 
 def chunk_body(cid: str, model: str, delta: dict | None, finish: str | None = None, use: dict | None = None,
-               index: int = 0) -> dict:
+               index: int = 0, token_ids: list[int] | None = None, prompt_ids: list[int] | None = None) -> dict:
     body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
             "choices": [{"index": index, "delta": delta, "finish_reason": finish}] if delta is not None else []}
+    if token_ids is not None and body["choices"]:
+        body["choices"][0]["token_ids"] = token_ids
+    if prompt_ids is not None:
+        body["prompt_token_ids"] = prompt_ids
     if use is not None:
         body["usage"] = use
     return body

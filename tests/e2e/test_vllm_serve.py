@@ -74,20 +74,25 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def ask(self, model: str) -> list[tuple[str, str, int]]:
+    def ask(self, model: str) -> list[tuple[str, str, int, list[int]]]:
+        """(text, finish reason, completion tokens, generated ids) per question; the ids through
+        `return_token_ids`, vLLM's extension that glmtune serves too."""
         from openai import OpenAI
 
         client = OpenAI(base_url=self.url, api_key="unused", timeout=120, max_retries=0)
         out = []
         for q in QUESTIONS:
             r = client.chat.completions.create(model=model, max_tokens=MAX_TOKENS, temperature=0, messages=[
-                {"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
-            out.append((r.choices[0].message.content, r.choices[0].finish_reason, r.usage.completion_tokens))
+                {"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                extra_body={"return_token_ids": True})
+            choice = r.choices[0]
+            out.append((choice.message.content, choice.finish_reason, r.usage.completion_tokens,
+                        choice.model_extra["token_ids"]))
         return out
 
-    def ask_ids(self, model: str, prompts: list[list[int]]) -> list[tuple[list[int], str, str, int]]:
+    def ask_ids(self, model: str, prompts: list[list[int]]) -> list[tuple[list[int], str, str, int, list[int]]]:
         """The same questions as token ids on /v1/completions: (ids vLLM reports it computed on, text,
-        finish reason, completion tokens)."""
+        finish reason, completion tokens, generated ids)."""
         import httpx
 
         out = []
@@ -98,7 +103,7 @@ class Server:
             assert r.status_code == 200, r.text
             choice = r.json()["choices"][0]
             out.append((choice["prompt_token_ids"], choice["text"], choice["finish_reason"],
-                        r.json()["usage"]["completion_tokens"]))
+                        r.json()["usage"]["completion_tokens"], choice["token_ids"]))
         return out
 
     def stop(self):
@@ -138,7 +143,7 @@ def glmtune_answers(run, tmp_path_factory):
         server.stop()
 
 
-def transformers_answers(model_dir) -> list[tuple[str, str, int]]:
+def transformers_answers(model_dir) -> list[tuple[str, str, int, list[int]]]:
     """Plain transformers greedy generate on a model folder (its generation_config's eos ids stop it)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -159,19 +164,21 @@ def transformers_answers(model_dir) -> list[tuple[str, str, int]]:
         stop = next((i for i, t in enumerate(gen) if t in stops), None)
         body = gen if stop is None else gen[:stop]
         out.append((tok.decode(body, skip_special_tokens=True), "length" if stop is None else "stop",
-                    len(body) + (stop is not None)))
+                    len(body) + (stop is not None), gen if stop is None else gen[:stop + 1]))
     return out
 
 
 def same_text(got: list, want: list, newline: bool = False) -> None:
-    """Same answers: finish reason and token count equal, text equal except
+    """Same answers: the same generated ids (the stop token included), so finish reason and token count equal,
+    and text equal except
     - newline=True (`want` is glmtune's engine): vLLM returns the whitespace an answer starts with (GLM's
       newline right after <|assistant|>, a word-start space), glmtune's engine drops it, as its non-streamed
       answers and GLM's own demos do;
     - an answer cut by max_tokens inside a multi-byte character: one side may hold back the undecodable
       tail (U+FFFD and what it garbles) that the other prints (only the untrained base produces such bytes)."""
-    for (g_text, g_reason, g_n), (w_text, w_reason, w_n) in zip(got, want, strict=True):
-        assert (g_reason, g_n) == (w_reason, w_n), (got, want)
+    for (g_text, g_reason, g_n, g_ids), (w_text, w_reason, w_n, w_ids) in zip(got, want, strict=True):
+        assert (g_reason, g_n, g_ids) == (w_reason, w_n, w_ids), (got, want)
+        assert len(g_ids) == g_n
         if newline:
             g_text = g_text.lstrip()
         short, long = sorted((g_text, w_text), key=len)
@@ -197,7 +204,7 @@ def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answe
     finally:
         server.stop()
     assert "verified export" in log and "--chat-template" in log and "--dtype float32" in log
-    assert any(reason == "stop" for _, reason, _ in got), got  # the trained answers end on a stop token
+    assert any(reason == "stop" for _, reason, _, _ in got), got  # the trained answers end on a stop token
     assert got == transformers_answers(run / "export")  # character for character, newline included
     same_text(got, glmtune_answers["lora"], newline=True)
     # glmtune's rendered ids reach vLLM unchanged, and on the chat prompts they answer as the chat API does
