@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,39 +70,20 @@ def train(env, folder, run, *extra):
                    "data.val_size=0", "data.test_size=0", "train.max_steps=2", "train.batch_size=2", *extra)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def serve_and_ask(env, serve_process):
+    def serve_and_ask(log: Path, *args) -> tuple[str, int]:
+        """`glmtune serve ARGS`, one greedy chat completion through the openai client, then stop the server."""
+        from openai import OpenAI
 
+        with serve_process(log, *args, env=env["env"], startup_s=300) as server:
+            client = OpenAI(base_url=server.url, api_key="unused", timeout=120, max_retries=0)
+            model = client.models.list().data[0].id
+            r = client.chat.completions.create(model=model, max_tokens=4, temperature=0,
+                                               messages=[{"role": "user", "content": PROMPT}])
+            return r.choices[0].message.content, r.usage.completion_tokens
 
-def serve_and_ask(env, log: Path, *args) -> tuple[str, int]:
-    """`glmtune serve ARGS`, one greedy chat completion through the openai client, then stop the server."""
-    import httpx
-    from openai import OpenAI
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *map(str, args), "--port", str(port)],
-                            env=env["env"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, f"server not up:\n{log.read_text()[-3000:]}"
-            time.sleep(1)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120, max_retries=0)
-        model = client.models.list().data[0].id
-        r = client.chat.completions.create(model=model, max_tokens=4, temperature=0,
-                                           messages=[{"role": "user", "content": PROMPT}])
-        return r.choices[0].message.content, r.usage.completion_tokens
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return serve_and_ask
 
 
 def predicted(env, run, name) -> list[dict]:
@@ -117,7 +96,7 @@ def predicted(env, run, name) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_chatglm6b_lora_train_predict_chat_export_serve(env):
+def test_chatglm6b_lora_train_predict_chat_export_serve(env, serve_and_ask):
     folder = chatglm6b_folder(env["root"] / "chatglm-6b-tiny")
     run = env["root"] / "run_lora"
     p = train(env, folder, run, "method.name=lora")
@@ -128,18 +107,18 @@ def test_chatglm6b_lora_train_predict_chat_export_serve(env):
     assert len(preds) == 1 and preds[0]["completion_tokens"] > 0 and isinstance(preds[0]["prediction"], str)
     p = glmtune(env, "chat", "--run", run, "--prompt", PROMPT, "--max-new-tokens", "4")
     assert p.stdout.strip()
-    answer, n = serve_and_ask(env, env["root"] / "serve_lora.log", "--run", run)
+    answer, n = serve_and_ask(env["root"] / "serve_lora.log", "--run", run)
     assert n > 0 and answer == preds[0]["prediction"]  # same greedy answer through the API as predict's
     glmtune(env, "export", "--run", run, "--out", env["root"] / "export")
     out_cfg = json.loads((env["root"] / "export" / "config.json").read_text())
     assert out_cfg["model_type"] == "glmtune_chatglm6b" and out_cfg["vocab_size"] == 130528
     assert json.loads((env["root"] / "export" / "verify.json").read_text())["passed"] is True
-    answer2, _ = serve_and_ask(env, env["root"] / "serve_export.log", "--model", env["root"] / "export")
+    answer2, _ = serve_and_ask(env["root"] / "serve_export.log", "--model", env["root"] / "export")
     assert answer2 == answer  # the merged export answers as base + adapter
 
 
 @pytest.mark.slow
-def test_chatglm6b_int4_ptuning_lora_qlora(env):
+def test_chatglm6b_int4_ptuning_lora_qlora(env, serve_and_ask):
     folder = chatglm6b_folder(env["root"] / "chatglm-6b-int4-tiny", "chatglm-6b-int4")
     run = env["root"] / "run_pt"
     # seed 003's settings, scaled down: P-Tuning v2 on the INT4 checkpoint with prefix_projection
@@ -151,7 +130,7 @@ def test_chatglm6b_int4_ptuning_lora_qlora(env):
     assert preds[0]["completion_tokens"] > 0
     p = glmtune(env, "chat", "--run", run, "--prompt", PROMPT, "--max-new-tokens", "4")
     assert p.stdout.strip()
-    answer, n = serve_and_ask(env, env["root"] / "serve_pt.log", "--run", run)
+    answer, n = serve_and_ask(env["root"] / "serve_pt.log", "--run", run)
     assert n > 0 and answer == preds[0]["prediction"]
     p = train(env, folder, env["root"] / "run_int4_lora", "method.name=lora")
     assert "INT4" in p.stderr and "ChatGLM6BForCausalLM" in p.stderr  # the cached conversion is reused and named

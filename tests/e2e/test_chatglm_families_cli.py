@@ -5,10 +5,8 @@ export (LoRA), and `glmtune serve` answering the `openai` client (plain and stre
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -46,15 +44,8 @@ def _predictions(path):
     return {r["id"]: r["prediction"] for r in map(json.loads, path.read_text("utf-8").splitlines())}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("model", ["chatglm3-6b", "glm-4-9b-chat"])
-def test_remote_chatglm_folder_through_every_verb(model, tmp_path):
-    import httpx
+def test_remote_chatglm_folder_through_every_verb(model, serve_process, tmp_path):
     import openai
 
     env = _env(tmp_path)
@@ -91,32 +82,13 @@ def test_remote_chatglm_folder_through_every_verb(model, tmp_path):
     chat = _glmtune(env, "chat", "--run", pt, "--prompt", QUESTIONS[1], "--max-new-tokens", "6").stdout
 
     # serve the P-Tuning run; the openai client asks plain and streamed
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", "--run", str(pt), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(1)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+    with serve_process(tmp_path / "serve.log", "--run", pt, env=env, startup_s=600, stop_s=60) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none")
         name = client.models.list().data[0].id
         ask = dict(model=name, messages=[{"role": "user", "content": QUESTIONS[1]}], temperature=0, max_tokens=6)
         plain = client.chat.completions.create(**ask).choices[0].message.content
         pieces = [c.choices[0].delta.content for c in client.chat.completions.create(**ask, stream=True)
                   if c.choices and c.choices[0].delta.content]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
     assert "".join(pieces) == plain
     assert not pieces or not pieces[0][0].isspace()
     assert plain.strip() == plain and plain in chat  # the same greedy answer as `glmtune chat --prompt`

@@ -9,11 +9,8 @@ two on 2 cores, hence `slow`.
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,81 +37,44 @@ def glmtune(*args):
     return p
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ask(server, model: str) -> list[tuple[str, str, int, list[int]]]:
+    """(text, finish reason, completion tokens, generated ids) per question; the ids through
+    `return_token_ids`, vLLM's extension that glmtune serves too."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url, api_key="unused", timeout=120, max_retries=0)
+    out = []
+    for q in QUESTIONS:
+        r = client.chat.completions.create(model=model, max_tokens=MAX_TOKENS, temperature=0, messages=[
+            {"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+            extra_body={"return_token_ids": True})
+        choice = r.choices[0]
+        out.append((choice.message.content, choice.finish_reason, r.usage.completion_tokens,
+                    choice.model_extra["token_ids"]))
+    return out
 
 
-class Server:
-    """`glmtune serve ...` in its own process group (vLLM adds worker processes), stopped by that group."""
+def ask_ids(server, model: str, prompts: list[list[int]]) -> list[tuple[list[int], str, str, int, list[int]]]:
+    """The same questions as token ids on /v1/completions: (ids vLLM reports it computed on, text,
+    finish reason, completion tokens, generated ids)."""
+    import httpx
 
-    def __init__(self, log: Path, *args, startup_s: float = 420):
-        import httpx
+    out = []
+    for ids in prompts:
+        r = httpx.post(f"{server.url}/completions", json={"model": model, "prompt": ids, "max_tokens": MAX_TOKENS,
+                                                           "temperature": 0, "return_token_ids": True},
+                       timeout=120, trust_env=False)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        out.append((choice["prompt_token_ids"], choice["text"], choice["finish_reason"],
+                    r.json()["usage"]["completion_tokens"], choice["token_ids"]))
+    return out
 
-        self.port, self.log = free_port(), log
-        self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *map(str, args), "--port",
-                                      str(self.port)], env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.time() + startup_s
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise AssertionError(f"server not up after {startup_s} s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def ask(self, model: str) -> list[tuple[str, str, int, list[int]]]:
-        """(text, finish reason, completion tokens, generated ids) per question; the ids through
-        `return_token_ids`, vLLM's extension that glmtune serves too."""
-        from openai import OpenAI
-
-        client = OpenAI(base_url=self.url, api_key="unused", timeout=120, max_retries=0)
-        out = []
-        for q in QUESTIONS:
-            r = client.chat.completions.create(model=model, max_tokens=MAX_TOKENS, temperature=0, messages=[
-                {"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                extra_body={"return_token_ids": True})
-            choice = r.choices[0]
-            out.append((choice.message.content, choice.finish_reason, r.usage.completion_tokens,
-                        choice.model_extra["token_ids"]))
-        return out
-
-    def ask_ids(self, model: str, prompts: list[list[int]]) -> list[tuple[list[int], str, str, int, list[int]]]:
-        """The same questions as token ids on /v1/completions: (ids vLLM reports it computed on, text,
-        finish reason, completion tokens, generated ids)."""
-        import httpx
-
-        out = []
-        for ids in prompts:
-            r = httpx.post(f"{self.url}/completions", json={"model": model, "prompt": ids, "max_tokens": MAX_TOKENS,
-                                                             "temperature": 0, "return_token_ids": True},
-                           timeout=120, trust_env=False)
-            assert r.status_code == 200, r.text
-            choice = r.json()["choices"][0]
-            out.append((choice["prompt_token_ids"], choice["text"], choice["finish_reason"],
-                        r.json()["usage"]["completion_tokens"], choice["token_ids"]))
-        return out
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+@pytest.fixture(scope="module")
+def serve(serve_process):
+    """`glmtune serve ARGS` (vLLM adds worker processes: the process group is stopped), logging to `log`."""
+    return lambda log, *args: serve_process(log, *args, env=ENV, startup_s=420)
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +94,11 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def glmtune_answers(run, tmp_path_factory):
+def glmtune_answers(run, serve, tmp_path_factory):
     """glmtune's own engine (HF backend): the base and the run's adapter on it."""
-    server = Server(tmp_path_factory.mktemp("logs") / "hf.log", "--model", "tiny:glm4", "--adapter", f"demo={run}")
-    try:
-        return {"base": server.ask("tiny:glm4"), "lora": server.ask("demo")}
-    finally:
-        server.stop()
+    log = tmp_path_factory.mktemp("logs") / "hf.log"
+    with serve(log, "--model", "tiny:glm4", "--adapter", f"demo={run}") as server:
+        return {"base": ask(server, "tiny:glm4"), "lora": ask(server, "demo")}
 
 
 def transformers_answers(model_dir) -> list[tuple[str, str, int, list[int]]]:
@@ -188,7 +146,7 @@ def same_text(got: list, want: list, newline: bool = False) -> None:
                                  and "\ufffd" in long[len(short):]), (got, want)
 
 
-def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answers, tmp_path):
+def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answers, serve, tmp_path):
     from glmtune.inference.engine import HFEngine
     from glmtune.serve.vllm import prompt_token_ids
 
@@ -198,13 +156,10 @@ def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answe
     ids = prompt_token_ids(run / "export", conversations)
     engine = HFEngine.from_run(run)  # what `glmtune serve --run` renders
     assert ids == [engine.prompt_ids(m) for m in conversations]
-    server = Server(tmp_path / "vllm_export.log", "--backend", "vllm", "--run", run)
-    try:
-        got = server.ask(run.name)
-        got_ids = server.ask_ids(run.name, ids)
+    with serve(tmp_path / "vllm_export.log", "--backend", "vllm", "--run", run) as server:
+        got = ask(server, run.name)
+        got_ids = ask_ids(server, run.name, ids)
         log = server.log.read_text()
-    finally:
-        server.stop()
     assert "verified export" in log and "--chat-template" in log and "--dtype float32" in log
     assert any(reason == "stop" for _, reason, _, _ in got), got  # the trained answers end on a stop token
     assert got == transformers_answers(run / "export")  # character for character, newline included
@@ -214,13 +169,10 @@ def test_vllm_serves_the_export_like_glmtune_and_transformers(run, glmtune_answe
     assert [g[1:] for g in got_ids[:len(QUESTIONS)]] == got
 
 
-def test_vllm_serves_base_plus_lora_like_glmtune_and_transformers(run, glmtune_answers, tmp_path):
-    server = Server(tmp_path / "vllm_lora.log", "--backend", "vllm", "--model", "tiny:glm4", "--adapter",
-                    f"demo={run}")
-    try:
-        base, lora = server.ask("tiny:glm4"), server.ask("demo")
-    finally:
-        server.stop()
+def test_vllm_serves_base_plus_lora_like_glmtune_and_transformers(run, glmtune_answers, serve, tmp_path):
+    with serve(tmp_path / "vllm_lora.log", "--backend", "vllm", "--model", "tiny:glm4", "--adapter",
+               f"demo={run}") as server:
+        base, lora = ask(server, "tiny:glm4"), ask(server, "demo")
     assert "--enable-lora" in server.log.read_text()
     assert base != lora  # the adapter really changes the answers
     same_text(base, transformers_answers("tiny:glm4"))

@@ -10,11 +10,8 @@ aggressive run must show the larger drop, and `glmtune eval compare` must say so
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -174,59 +171,17 @@ def test_gguf_in_lora_gguf_out_llama_cpp_answers_like_glmtune(runs, merged, tmp_
 VLLM_PYTHON = Path(os.environ.get("GLMTUNE_VLLM_PYTHON") or project_root() / ".venv-vllm" / "bin" / "python")
 
 
-class Server:
-    """`glmtune serve ...` in its own process group (vLLM adds worker processes), stopped by that group."""
+def ask(server, prompts) -> list[tuple[str, str, int]]:
+    from openai import OpenAI
 
-    def __init__(self, log: Path, *args, startup_s: float = 900):
-        import httpx
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = log
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", *map(str, args), "--port",
-                                      str(self.port)], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.time() + startup_s
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise AssertionError(f"server not up after {startup_s} s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def ask(self, prompts) -> list[tuple[str, str, int]]:
-        from openai import OpenAI
-
-        client = OpenAI(base_url=self.url, api_key="unused", timeout=300, max_retries=0)
-        model = client.models.list().data[0].id
-        out = []
-        for messages, _ in prompts:  # one at a time: the same batch of one on both servers
-            r = client.chat.completions.create(model=model, messages=messages, temperature=0,
-                                               max_tokens=ROUND_TRIP_MAX_NEW)
-            out.append((r.choices[0].message.content.strip(), r.choices[0].finish_reason, r.usage.completion_tokens))
-        return out
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+    client = OpenAI(base_url=server.url, api_key="unused", timeout=300, max_retries=0)
+    model = client.models.list().data[0].id
+    out = []
+    for messages, _ in prompts:  # one at a time: the same batch of one on both servers
+        r = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                           max_tokens=ROUND_TRIP_MAX_NEW)
+        out.append((r.choices[0].message.content.strip(), r.choices[0].finish_reason, r.usage.completion_tokens))
+    return out
 
 
 def vllm_ready() -> bool:
@@ -236,23 +191,19 @@ def vllm_ready() -> bool:
     return (VLLM_PYTHON.parents[1] / ".installed").exists()
 
 
-def test_vllm_serves_the_tuned_real_model_like_glmtune_serve(runs, merged, tmp_path):
+def test_vllm_serves_the_tuned_real_model_like_glmtune_serve(runs, merged, serve_process, tmp_path):
     """The tuned SmolLM2 (Llama architecture) through vLLM-CPU (`glmtune serve --backend vllm --run RUN`, which
     serves the run's verified export in float32) answers what `glmtune serve` (HF engine) answers on the same
     merged folder: text, finish reason and token count, greedy."""
     if not vllm_ready():  # checked when the test runs, after the module's training
         pytest.skip(f"NO vLLM ENVIRONMENT ({VLLM_PYTHON.parents[1]} not built): run `make vllm` (`make test` does)")
     prompts = round_trip_prompts(runs)
-    hf = Server(tmp_path / "hf.log", "--model", merged)
-    try:
-        ours = hf.ask(prompts)
-    finally:
-        hf.stop()
-    vllm = Server(tmp_path / "vllm.log", "--backend", "vllm", "--run", runs["gentle"]["run"])
-    try:
-        theirs = vllm.ask(prompts)
-    finally:
-        vllm.stop()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}  # vLLM adds worker processes: the group is stopped
+    with serve_process(tmp_path / "hf.log", "--model", merged, env=env, startup_s=900) as hf:
+        ours = ask(hf, prompts)
+    with serve_process(tmp_path / "vllm.log", "--backend", "vllm", "--run", runs["gentle"]["run"], env=env,
+                       startup_s=900) as vllm:
+        theirs = ask(vllm, prompts)
     assert "--dtype float32" in (tmp_path / "vllm.log").read_text()
     print("vLLM vs glmtune serve:", list(zip(theirs, ours)))
     assert theirs == ours

@@ -1,23 +1,11 @@
 """`glmtune serve` on the GGUF base answers exactly what plain transformers greedy decoding answers."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 PROMPTS = ["What is the capital of France?", "What is the plural of mouse?", "How many days are in a week?"]
 MAX_NEW = 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def transformers_greedy(folder, prompts):
@@ -37,28 +25,13 @@ def transformers_greedy(folder, prompts):
     return out
 
 
-def test_serve_equals_transformers_greedy(smollm2_gguf, smollm2_dir, tmp_path):
-    import httpx
+def test_serve_equals_transformers_greedy(smollm2_gguf, smollm2_dir, serve_process, tmp_path):
     import openai
 
-    port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", "--model", str(smollm2_gguf),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
+    with serve_process(tmp_path / "serve.log", "--model", smollm2_gguf, stop_s=60, wait=False) as server:
         expected = transformers_greedy(smollm2_dir, PROMPTS)  # while the server loads
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(1)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+        server.wait_ready()
+        client = openai.OpenAI(base_url=server.url, api_key="none")
         name = client.models.list().data[0].id
         got = []
         for p in PROMPTS:  # one at a time: batch size 1, like the reference
@@ -67,8 +40,4 @@ def test_serve_equals_transformers_greedy(smollm2_gguf, smollm2_dir, tmp_path):
             got.append(r.choices[0].message.content)
         assert got == expected
         assert "Paris" in got[0] and "mice" in got[1]  # real weights answer, not noise
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
     assert "dequantized" in (tmp_path / "serve.log").read_text() or "GGUF base" in (tmp_path / "serve.log").read_text()

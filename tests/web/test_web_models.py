@@ -9,7 +9,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -123,33 +122,13 @@ def test_eval_tables_equal_the_cli(trained):
     assert fv[0] == fv[1]  # the page's job and the hand-run CLI agree
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def served(trained, tmp_path):
+def served(trained, serve_process, tmp_path):
     """`glmtune serve --run runs/a --adapter b=runs/b` on a free port, as a user starts it."""
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", "--run", str(trained.runs_dir / "a"),
-                             "--adapter", f"b={trained.runs_dir / 'b'}", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("glmtune serve exited:\n" + (tmp_path / "serve.log").read_text())
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(30)
+    with serve_process(tmp_path / "serve.log", "--run", trained.runs_dir / "a", "--adapter",
+                       f"b={trained.runs_dir / 'b'}", env=env, startup_s=180) as server:
+        yield server.url
 
 
 def converse(engine, questions, stateless=False, max_new_tokens=12):
