@@ -117,6 +117,10 @@ class ServeSection(Section):
     request_timeout_s: float = Field(120.0, gt=0, description="Requests running longer are cut (finish_reason=timeout).")
     threads: int | None = Field(None, ge=1, description="torch threads of the engine (intra-op). Default: "
                                 "$OMP_NUM_THREADS if set, else the physical cores.")
+    packed_linear: bool = Field(False, description="CPU float32 models: pack every Linear weight once for oneDNN "
+                                "(replacing the unpacked copy) instead of MKL on the unpacked weight at each step; "
+                                "decode steps of batch 4-16 about 1.5-2x faster, logits differ in the last bits. "
+                                "Weights tied to another parameter (embeddings) are left as they are.")
     adapt_threads: bool = Field(True, description="While other jobs keep cores busy, the engine uses fewer of its "
                                 "threads (at least 1), checked every second: an OpenMP thread sharing a core with "
                                 "another job makes every op wait for it.")

@@ -73,7 +73,8 @@ def run(args) -> int:
         from glmtune.serve.engine_process import EngineProcess, EngineProcessUnavailable
 
         try:
-            batcher = EngineProcess(dict(run=args.run, model=args.model, adapters=adapters), cfg, cfg.threads)
+            batcher = EngineProcess(dict(run=args.run, model=args.model, adapters=adapters,
+                                         packed_linear=cfg.packed_linear), cfg, cfg.threads)
             served, threads = batcher.served_models(), batcher.threads
         except EngineProcessUnavailable as err:
             print(f"note: {err}; the engine runs in the HTTP process instead (serve.engine_process=false)")
@@ -83,7 +84,8 @@ def run(args) -> int:
         from glmtune.serve.engine_process import engine_threads
 
         torch.set_num_threads(engine_threads(cfg.threads))
-        served, threads = load_served(run=args.run, model=args.model, adapters=adapters), torch.get_num_threads()
+        served, threads = (load_served(run=args.run, model=args.model, adapters=adapters, packed_linear=cfg.packed_linear),
+                           torch.get_num_threads())
     app = create_app(served, cfg, batcher=batcher)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}: the API is reachable from other machines"

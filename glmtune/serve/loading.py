@@ -42,7 +42,7 @@ def _adapter_dir(path: Path) -> tuple[Path, str | None]:
 
 
 def load_served(run: str | None = None, model: str | None = None, adapters: dict[str, str] | None = None,
-                name: str | None = None) -> Served:
+                name: str | None = None, packed_linear: bool = False) -> Served:
     from glmtune.models.load import resolve_path
     from glmtune.inference.engine import HFEngine
 
@@ -77,4 +77,8 @@ def load_served(run: str | None = None, model: str | None = None, adapters: dict
             official_prefix_positions(engine.model)  # ChatGLM's numbering behind a P-Tuning prefix
     if hasattr(engine.model, "peft_config") and served.names[engine.name] is None:
         served.names[engine.name] = BASE  # the plain base, with adapters switched off
+    if packed_linear:  # last: after everything that may touch the weights (adapters, prefix positions)
+        from glmtune.inference.packed import apply_packed_linear
+
+        print(apply_packed_linear(engine.model), flush=True)
     return served
