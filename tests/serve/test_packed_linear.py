@@ -87,7 +87,7 @@ def test_not_applied_says_why():
     assert model[0].weight.numel() == 16  # untouched
 
 
-def test_served_packed_answers_like_unpacked(pair, start_app, capsys):
+def test_served_packed_answers_like_unpacked(pair, start_app):
     from glmtune.serve.api import create_app, serve_in_thread
     from glmtune.serve.config import ServeSection
 
