@@ -5,9 +5,10 @@ busy, the engine's thread on that core runs in the time slices the job leaves, a
 with `benchmarks/serve_vs_vllm.py --busy 1` (one busy-loop process on the 2-core machine, grading workload,
 16 clients): 2 threads gave 3.16 req/s, 1 thread 3.68 req/s; on the quiet machine 2 threads gave 4.61.
 `ThreadGovernor` reads how much CPU the rest of the machine used in the last second (all cores' busy time less
-this process's own and the HTTP process's) and sets the scheduler thread's torch threads to the cores left, between 1 and the
-configured number. No library does this: OpenMP's dynamic adjustment (`OMP_DYNAMIC`) is a no-op in libgomp
-beyond the load average at team creation, and torch keeps one thread count per thread.
+this process's own and the HTTP process's) and sets the scheduler thread's torch threads to the cores left,
+between 1 and the configured number. Hand-written because no library does this: libgomp's dynamic teams
+(`OMP_DYNAMIC=true`) size each team by the 1-minute load average, which counts the engine's own threads (a busy
+engine would talk itself down to one thread on an idle machine) and lags a minute behind.
 """
 
 from __future__ import annotations
